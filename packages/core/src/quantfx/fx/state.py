@@ -1,0 +1,55 @@
+"""What prepare records on a GraphModule for convert (and for reports).
+
+Stored in ``gm.meta["quantfx"]`` so it survives ``copy.deepcopy`` and
+``torch.save`` / ``torch.load`` (a GraphModule pickles its ``__dict__``, but
+node-level ``meta`` is rebuilt by re-tracing and lost). Everything is keyed by
+stable names: module targets and node names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["PreparedState", "STATE_KEY", "get_state", "set_state"]
+
+STATE_KEY = "quantfx"
+
+
+@dataclass
+class PreparedState:
+    backend: str
+    is_qat: bool
+    qconfig_mapping: Any
+    prepare_custom_config: Any
+    backend_config: Any
+    node_name_to_scope: dict[str, tuple[str, type]] = field(default_factory=dict)
+    # weighted call_module target -> qconfig it was quantized with (convert makes a reference module)
+    weighted_module_qconfigs: dict[str, Any] = field(default_factory=dict)
+    # weighted call_module target -> "static" / "dynamic" / "weight_only"
+    weighted_module_modes: dict[str, str] = field(default_factory=dict)
+    # node name -> qconfig of every node (None: float); used by a convert-time qconfig_mapping
+    node_qconfigs: dict[str, Any] = field(default_factory=dict)
+    # node name -> why it stays in float (no backend pattern, qconfig None, unsupported dtype ...)
+    float_reasons: dict[str, str] = field(default_factory=dict)
+    # node name -> pattern string it was quantized as
+    quantized_patterns: dict[str, str] = field(default_factory=dict)
+    # standalone module target -> its own PreparedState lives on the submodule
+    standalone_modules: list[str] = field(default_factory=list)
+    input_quantized_idxs: list[int] = field(default_factory=list)
+    output_quantized_idxs: list[int] = field(default_factory=list)
+    # what prepare ran the model with; lowerings that export (ONNX, OpenVINO) reuse it
+    example_inputs: tuple = ()
+
+
+def get_state(gm: torch.nn.Module) -> PreparedState | None:
+    meta = getattr(gm, "meta", None)
+    if not isinstance(meta, dict):
+        return None
+    return meta.get(STATE_KEY)
+
+
+def set_state(gm: torch.fx.GraphModule, state: PreparedState) -> None:
+    gm.meta[STATE_KEY] = state
