@@ -54,11 +54,9 @@ def match_chain(last: Node, pattern: Pattern, modules: Mapping[str, torch.nn.Mod
 
 
 def _op_name(op: Any) -> str:
-    if isinstance(op, str):
-        return f"'{op}'"
-    mod = getattr(op, "__module__", "") or ""
-    name = getattr(op, "__qualname__", None) or getattr(op, "__name__", None) or repr(op)
-    return f"{mod}.{name}" if mod and mod != "builtins" else name
+    from ..qconfig_mapping import _type_name  # one readable-name rule for the whole package
+
+    return _type_name(op)
 
 
 def pattern_to_str(pattern: Pattern) -> str:

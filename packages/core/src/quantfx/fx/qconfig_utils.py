@@ -35,32 +35,23 @@ def resolve_node_qconfigs(
     """Return {node name: qconfig or None} for every node of ``gm``."""
     modules = dict(gm.named_modules())
     order_counters: dict[str, dict[Any, int]] = defaultdict(lambda: defaultdict(int))
-    order_table = getattr(qconfig_mapping, "module_name_object_type_order_qconfigs", {}) or {}
     result: dict[str, Any] = {}
     for node in gm.graph.nodes:
+        qconfig = None
         if node.op == "call_module":
             module = modules[node.target]
             fallback = tuple(type(m) for m in module) if is_fused_module(module) else ()
-            qconfig = qconfig_mapping.qconfig_for(node.target, type(module), fallback_object_types=fallback)
             parent = _parent(node.target)
             idx = order_counters[parent][type(module)]
             order_counters[parent][type(module)] += 1
-            key = (parent, type(module), idx)
-            if key in order_table:
-                qconfig = order_table[key]
+            qconfig = qconfig_mapping.qconfig_for(node.target, type(module), idx, fallback_object_types=fallback)
         elif node.op in ("call_function", "call_method"):
             module_path, module_type = node_name_to_scope.get(node.name, ("", type(gm)))
-            # the enclosing module's type / name / regex override the function's own object type
-            qconfig = qconfig_mapping.qconfig_for(
-                module_path, module_type, fallback_object_types=(node.target,)
-            )
-            idx = order_counters[module_path][node.target]
-            order_counters[module_path][node.target] += 1
-            key = (module_path, node.target, idx)
-            if key in order_table:
-                qconfig = order_table[key]
-        else:
-            qconfig = None
+            idx = None
+            if node.op == "call_function":
+                idx = order_counters[module_path][node.target]
+                order_counters[module_path][node.target] += 1
+            qconfig = qconfig_mapping.qconfig_for(module_path, node.target, idx, enclosing_module_type=module_type)
         result[node.name] = qconfig
     return result
 
