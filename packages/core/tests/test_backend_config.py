@@ -193,7 +193,7 @@ def test_nested_pattern_rejected_with_execution_order_suggestion():
     nested = (nn.ReLU, (nn.BatchNorm2d, nn.Conv2d))
     with pytest.raises(ValidationError, match="execution order") as ei:
         BackendPatternConfig(nested)
-    assert "Conv2d, torch.nn.modules.batchnorm.BatchNorm2d, torch.nn.modules.activation.ReLU)" in str(ei.value)
+    assert "(torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU)" in str(ei.value)
     with pytest.raises(ValidationError, match="pattern_complex_format") as ei:
         BackendPatternConfig()._set_pattern_complex_format(nested)
     assert "BackendPatternConfig((torch.nn.modules.conv.Conv2d, torch.nn.modules.batchnorm.BatchNorm2d" in str(

@@ -41,8 +41,11 @@ def _check_dtype(dtype: torch.dtype) -> None:
         )
 
 
-def _quantize(x: Tensor, inv_scale: Tensor | float, zero_point: Tensor | int, quant_min: int, quant_max: int, dtype: torch.dtype) -> Tensor:
-    # round half to even, like torch.quantize_per_tensor and fbgemm/onednn kernels
+def _quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, quant_min: int, quant_max: int, dtype: torch.dtype) -> Tensor:
+    # Same arithmetic as torch's and fbgemm's quantize: float32 inverse scale,
+    # float32 multiply, round half to even; bit-exact with the native kernels.
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    inv_scale = torch.reciprocal(scale)
     q = torch.round(x.float() * inv_scale) + zero_point
     return torch.clamp(q, quant_min, quant_max).to(dtype)
 
@@ -53,7 +56,7 @@ def quantize_per_tensor(
 ) -> Tensor:
     """Affine-quantize ``x`` to an integer tensor: clamp(round(x / scale) + zp)."""
     _check_dtype(dtype)
-    return _quantize(x, 1.0 / scale, zero_point, quant_min, quant_max, dtype)
+    return _quantize(x, scale, zero_point, quant_min, quant_max, dtype)
 
 
 @quantize_per_tensor.register_fake
@@ -88,9 +91,9 @@ def quantize_per_channel(
     """Per-channel affine quantization along ``axis`` (weights)."""
     _check_dtype(dtype)
     axis = axis % x.dim()
-    inv = 1.0 / _channel_view(scales.to(torch.float64), x, axis)
+    inv = torch.reciprocal(_channel_view(scales.to(torch.float32), x, axis))
     zp = _channel_view(zero_points.to(torch.int64), x, axis)
-    q = torch.round(x.to(torch.float64) * inv) + zp
+    q = torch.round(x.float() * inv) + zp
     return torch.clamp(q, quant_min, quant_max).to(dtype)
 
 
@@ -139,7 +142,7 @@ def quantize_per_tensor_tensor(
 ) -> Tensor:
     """Like ``quantize_per_tensor`` with scale / zero point computed at run time (dynamic quant)."""
     _check_dtype(dtype)
-    return _quantize(x, 1.0 / scale.float(), zero_point, quant_min, quant_max, dtype)
+    return _quantize(x, scale, zero_point, quant_min, quant_max, dtype)
 
 
 @quantize_per_tensor_tensor.register_fake

@@ -50,7 +50,9 @@ def _resolve_backend(backend: str | None, backend_config: BackendConfig | None) 
     from . import api
 
     if backend is None and backend_config is not None:
-        installed = {info.name for info in api.backends()}
+        from .plugins import get_plugin_manager
+
+        installed = set(get_plugin_manager().backends())
         backend = backend_config.name if backend_config.name in installed else "reference"
         return backend, backend_config
     backend = backend or api.default_backend()

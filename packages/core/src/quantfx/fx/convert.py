@@ -68,9 +68,14 @@ def _weight_qparams(observer: Any, node_name: str):
 
 
 def _convert_weighted_module(
-    gm: GraphModule, node: Node, qconfig: Any, ref_map: dict[type, type], is_qat: bool
-) -> None:
-    module = gm.get_submodule(node.target)
+    gm: GraphModule, target: str, qconfig: Any, ref_map: dict[type, type]
+) -> list[str] | None:
+    """Swap the module at ``target`` for its reference module; return the names of its fused tail modules.
+
+    A module with no reference module in the backend config (PReLU, InstanceNorm ...)
+    keeps its float weight and runs between dequantize and quantize; returns None.
+    """
+    module = gm.get_submodule(target)
     weight_observer = None
     if hasattr(module, "weight_fake_quant") and hasattr(module, "to_float"):
         weight_observer = module.weight_fake_quant
@@ -81,22 +86,26 @@ def _convert_weighted_module(
         weighted, tail = module, []
     ref_cls = ref_map.get(type(weighted))
     if ref_cls is None:
-        raise QuantfxError(
-            f"module '{node.target}' ({type(weighted).__name__}) was quantized in prepare, but the backend config "
-            "names no reference_quantized_module for it; add one with "
-            "BackendPatternConfig.set_reference_quantized_module(...)"
-        )
+        _set_submodule(gm, target, module)
+        return None
     if weight_observer is None:
         weight_observer = qconfig.weight()
-        weight_observer.node_name = f"{node.target}.weight"
+        weight_observer.node_name = f"{target}.weight"
         weight_observer(weighted.weight.detach())
-    qparams = _weight_qparams(weight_observer, node.target)
-    ref = ref_cls.from_float(weighted, qparams)
-    _set_submodule(gm, node.target, ref)
-    last = node
+    qparams = _weight_qparams(weight_observer, target)
+    _set_submodule(gm, target, ref_cls.from_float(weighted, qparams))
+    tail_names = []
     for sub in tail:
-        name = _unique_name(gm, f"{node.target}_{type(sub).__name__.lower()}")
+        name = _unique_name(gm, f"{target}_{type(sub).__name__.lower()}")
         gm.add_submodule(name, sub)
+        tail_names.append(name)
+    return tail_names
+
+
+def _insert_tail_calls(gm: GraphModule, node: Node, tail_names: list[str]) -> None:
+    """Fused activations (conv+relu) become separate nodes after the reference module."""
+    last = node
+    for name in tail_names:
         with gm.graph.inserting_after(last):
             new = gm.graph.call_module(name, (last,))
         for user in list(last.users):
@@ -278,9 +287,15 @@ def convert_to_reference(
         _apply_convert_time_mapping(gm, state, qconfig_mapping, modules)
 
     ref_map = _reference_module_map(backend_config)
+    tails: dict[str, list[str] | None] = {}
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in state.weighted_module_qconfigs:
-            _convert_weighted_module(gm, node, state.weighted_module_qconfigs[node.target], ref_map, state.is_qat)
+            if node.target not in tails:  # a module called twice converts once
+                tails[node.target] = _convert_weighted_module(
+                    gm, node.target, state.weighted_module_qconfigs[node.target], ref_map
+                )
+            if tails[node.target]:
+                _insert_tail_calls(gm, node, tails[node.target])
 
     modules = dict(gm.named_modules())
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

@@ -284,6 +284,13 @@ def _insert_observers(
         in_constraints = getattr(dc, "input_dtype_with_constraints", None)
         out_constraints = getattr(dc, "output_dtype_with_constraints", None)
         inputs = _activation_inputs(match.first, match.config)
+        if _is_reuse_input(qconfig):
+            # ReuseInputObserver: the output reuses the input's qparams when the input is
+            # quantized; a float input stays float (reshape of a model input, ...)
+            if inputs and _is_observer_node(inputs[0], modules):
+                src = inputs[0]
+                _observe_output(ins, match.last, lambda: ins.reuse_observer(src.target, match.last, match.last))
+            continue
         share = obs_type == ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT and mode == "static"
         input_obs_nodes = [
             _observe_input(ins, match, arg, qconfig.activation, in_constraints, modules) for arg in inputs
@@ -335,6 +342,12 @@ def _observe_functional_weights(ins: _Inserter, match: Match, modules: dict[str,
     obs_node = ins.new_observer(obs, observed=weight, after=weight)
     modules[obs_node.target] = obs
     _replace_input(match.first, weight, obs_node)
+
+
+def _is_reuse_input(qconfig: Any) -> bool:
+    from ..observers import ReuseInputObserver
+
+    return isinstance(instantiate(qconfig.activation), ReuseInputObserver)
 
 
 def _retarget_observer(gm: GraphModule, old: str, new: str, modules: dict[str, torch.nn.Module]) -> None:
