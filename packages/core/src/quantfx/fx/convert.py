@@ -267,7 +267,12 @@ def convert_to_reference(
     gm = copy.deepcopy(model)
     state = copy.copy(get_state(gm))
     state.weighted_module_qconfigs = dict(state.weighted_module_qconfigs)
-    backend_config = backend_config or state.backend_config
+    if backend_config is None:
+        backend_config = state.backend_config
+    if backend_config is None:  # dropped by pickling: resolve from the backend's plugin again
+        from ..api import get_backend_config
+
+        backend_config = get_backend_config(state.backend)
     modules = dict(gm.named_modules())
 
     # standalone modules convert on their own

@@ -8,6 +8,7 @@ stable names: module targets and node names.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +44,33 @@ class PreparedState:
     # what prepare ran the model with; lowerings that export (ONNX, OpenVINO) reuse it
     example_inputs: tuple = ()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # BackendConfigs hold functions that do not pickle (F.max_pool2d is a
+        # boolean_dispatch closure); convert re-resolves those from the backend name.
+        state = dict(self.__dict__)
+        for key in ("backend_config", "qconfig_mapping", "prepare_custom_config"):
+            try:
+                pickle.dumps(state[key])
+            except Exception:
+                state[key] = None
+        return state
+
+
+_ATTR = "_quantfx_state"
+
 
 def get_state(gm: torch.nn.Module) -> PreparedState | None:
     meta = getattr(gm, "meta", None)
-    if not isinstance(meta, dict):
-        return None
-    return meta.get(STATE_KEY)
+    if isinstance(meta, dict) and STATE_KEY in meta:
+        return meta[STATE_KEY]
+    state = getattr(gm, _ATTR, None)
+    if state is not None and isinstance(meta, dict):
+        meta[STATE_KEY] = state
+    return state
 
 
 def set_state(gm: torch.fx.GraphModule, state: PreparedState) -> None:
+    # meta for tools that read it; the attribute because torch.load rebuilds a
+    # GraphModule with an empty meta but restores unknown attributes
     gm.meta[STATE_KEY] = state
+    setattr(gm, _ATTR, state)
