@@ -196,7 +196,7 @@ def test_nested_pattern_rejected_with_execution_order_suggestion():
     assert "(torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU)" in str(ei.value)
     with pytest.raises(ValidationError, match="pattern_complex_format") as ei:
         BackendPatternConfig()._set_pattern_complex_format(nested)
-    assert "BackendPatternConfig((torch.nn.modules.conv.Conv2d, torch.nn.modules.batchnorm.BatchNorm2d" in str(
+    assert "BackendPatternConfig((torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU))" in str(
         ei.value
     )
     # multi-input complex patterns have no flat equivalent: generic advice
@@ -334,7 +334,7 @@ def test_summary_and_repr_list_patterns_and_dtypes():
     bc = _small_backend_config()
     s = bc.summary()
     assert "'mine'" in s and "4 patterns" in s
-    assert "Conv2d -> torch.nn.modules.batchnorm.BatchNorm2d -> torch.nn.modules.activation.ReLU" in s
+    assert "torch.nn.Conv2d -> torch.nn.BatchNorm2d -> torch.nn.ReLU" in s
     assert "uint8 x int8 -> uint8 (bias float32)" in s
     assert "OUTPUT_SHARE_OBSERVER_WITH_INPUT" in s
     assert "fuser_method: _fuse_conv_bn_relu" in s
