@@ -32,6 +32,10 @@ def _table_plain(headers: Sequence[str], rows: Sequence[Sequence[str]], out: Tex
 
 
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    # rich boxes for people at a terminal; plain columns for pipes, logs and grep
+    if not (hasattr(out, "isatty") and out.isatty()):
+        _table_plain(headers, rows, out)
+        return
     try:
         from rich.console import Console
         from rich.table import Table
