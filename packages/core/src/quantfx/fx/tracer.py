@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch.fx import GraphModule, Tracer
+from torch.fx import graph_module as _fx_graph_module
 
 from quantfx.errors import ExampleInputsError, QuantfxError, TracingError
 from quantfx.fx.custom_config import PrepareCustomConfig
@@ -32,6 +33,7 @@ __all__ = [
     "QuantizationTracer",
     "trace_for_quantization",
     "check_example_inputs",
+    "attach_preserved_attributes",
     "NODE_NAME_TO_SCOPE_KEY",
     "PRESERVED_ATTRIBUTES_KEY",
 ]
@@ -39,11 +41,7 @@ __all__ = [
 #: ``gm.meta`` key holding ``{node name: (module path, module type)}``.
 NODE_NAME_TO_SCOPE_KEY = "quantfx_node_name_to_scope"
 #: ``gm.meta`` key torch.fx's GraphModule copies back onto the module on deepcopy.
-PRESERVED_ATTRIBUTES_KEY = getattr(
-    __import__("torch.fx.graph_module", fromlist=["_USER_PRESERVED_ATTRIBUTES_KEY"]),
-    "_USER_PRESERVED_ATTRIBUTES_KEY",
-    "_user_preserved_attributes",
-)
+PRESERVED_ATTRIBUTES_KEY: str = getattr(_fx_graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
 
 _LEAF_MODULE_PREFIXES = ("torch.nn.", "torch.ao.nn.", "quantfx.nn.")
 
