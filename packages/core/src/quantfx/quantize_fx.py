@@ -151,7 +151,7 @@ def _prepare(
 
     model = copy.deepcopy(model)  # the user's float model is never touched
     check_example_inputs(model, example_inputs)
-    gm = trace_for_quantization(model, prepare_custom_config)
+    gm = trace_for_quantization(model, prepare_custom_config, copy_model=False)  # already a copy
     scope = dict(gm.meta.get("quantfx_node_name_to_scope", {}))
     gm = fuse(gm, is_qat=is_qat, fuse_custom_config=None, backend_config=backend_config)
     scope.update(gm.meta.get("quantfx_node_name_to_scope", {}))

@@ -8,6 +8,7 @@ stable names: module targets and node names.
 
 from __future__ import annotations
 
+import copy
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,14 @@ class PreparedState:
     output_quantized_idxs: list[int] = field(default_factory=list)
     # what prepare ran the model with; lowerings that export (ONNX, OpenVINO) reuse it
     example_inputs: tuple = ()
+
+    def __deepcopy__(self, memo: dict) -> "PreparedState":
+        # copy.deepcopy would go through __getstate__ and its pickling probe (slow)
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
 
     def __getstate__(self) -> dict[str, Any]:
         # BackendConfigs hold functions that do not pickle (F.max_pool2d is a
