@@ -74,7 +74,7 @@ MODELS = {
     "mlp": (MLP, (2, 16)),
 }
 
-OBSERVERS = ["minmax", "moving_average", "per_channel_weights"]
+OBSERVERS = ["minmax", "moving_average", "per_channel_weights", "histogram"]
 
 
 def _qconfigs(kind: str):
@@ -96,6 +96,15 @@ def _qconfigs(kind: str):
         theirs = tq.QConfig(
             activation=tq.MovingAverageMinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
             weight=tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        )
+    elif kind == "histogram":
+        ours = quantfx.QConfig(
+            activation=quantfx.HistogramObserver.with_args(dtype=torch.uint8, reduce_range=True),
+            weight=quantfx.PerChannelMinMaxObserver.with_args(dtype=torch.int8, qscheme=torch.per_channel_symmetric),
+        )
+        theirs = tq.QConfig(
+            activation=tq.HistogramObserver.with_args(dtype=torch.quint8, reduce_range=True),
+            weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
         )
     else:
         ours = quantfx.QConfig(
@@ -155,6 +164,12 @@ def test_prepare_matches_torch_ao(model_name, kind):
     for name, obs in ours_obs.items():
         s1, z1 = obs.calculate_qparams()
         s2, z2 = theirs_obs[name].calculate_qparams()
+        if kind == "histogram":
+            # the seed contract: HistogramObserver qparams within one histogram bin
+            bin_width = float(obs.max_val - obs.min_val) / obs.bins
+            assert abs(float(s1) - float(s2)) * (obs.quant_max - obs.quant_min) <= bin_width + 1e-6, name
+            assert abs(int(z1) - int(z2)) <= 1, name
+            continue
         torch.testing.assert_close(s1.float(), s2.float(), atol=1e-6, rtol=0, msg=f"scale of {name}")
         assert torch.equal(z1.long(), z2.long()), f"zero point of {name}"
 
