@@ -218,10 +218,6 @@ def _observer_dtype(node: Node, modules: Mapping[str, torch.nn.Module]) -> Any:
     return normalize_dtype(getattr(obs, "dtype", None)), bool(getattr(obs, "is_dynamic", False))
 
 
-def _replace_input(user: Node, old: Node, new: Node) -> None:
-    user.replace_input_with(old, new)
-
-
 def _observe_input(
     ins: _Inserter, match: Match, arg: Node, ctor: Any, constraints: Any, modules: dict[str, torch.nn.Module]
 ) -> Node:
@@ -236,11 +232,11 @@ def _observe_input(
     # another consumer of ``arg`` may already have an input observer of the same kind: reuse it
     for user in list(arg.users):
         if user is not match.first and _is_observer_node(user, modules) and _observer_dtype(user, modules) == want_key:
-            _replace_input(match.first, arg, user)
+            match.first.replace_input_with(arg, user)
             return user
     obs_node = ins.new_observer(want, observed=arg, after=arg)
     modules[obs_node.target] = want
-    _replace_input(match.first, arg, obs_node)
+    match.first.replace_input_with(arg, obs_node)
     return obs_node
 
 
@@ -341,7 +337,7 @@ def _observe_functional_weights(ins: _Inserter, match: Match, modules: dict[str,
     apply_constraints(obs, getattr(match.dtype_config, "weight_dtype_with_constraints", None))
     obs_node = ins.new_observer(obs, observed=weight, after=weight)
     modules[obs_node.target] = obs
-    _replace_input(match.first, weight, obs_node)
+    match.first.replace_input_with(weight, obs_node)
 
 
 def _is_reuse_input(qconfig: Any) -> bool:
@@ -443,7 +439,6 @@ def prepare(
         seen.add(id(match))
         matches.append(match)
         match.qconfig = node_qconfigs.get(match.first.name)
-        names = ", ".join(n.name for n in match.nodes)
         if match.qconfig is None:
             for n in match.nodes:
                 state.float_reasons[n.name] = "qconfig is None"
@@ -468,7 +463,6 @@ def prepare(
         if first.op == "call_module" and _is_weighted_module(modules[first.target]) and match.mode != "float":
             state.weighted_module_qconfigs[first.target] = match.qconfig
             state.weighted_module_modes[first.target] = match.mode
-        del names
 
     if is_qat:
         _swap_qat_modules(gm, matches, backend_config)
