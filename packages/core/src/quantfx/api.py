@@ -169,6 +169,9 @@ def _as_example_inputs(example_inputs: Any) -> tuple[Any, ...]:
 def _lower(backend: Backend, reference_model: GraphModule, example_inputs: tuple[Any, ...],
            options: Mapping[str, Any]) -> torch.nn.Module:
     rules = get_plugin_manager().lowering_rules(backend.name)
+    from quantfx.pt2e.normalize import as_fx_reference
+
+    reference_model = as_fx_reference(reference_model, example_inputs)  # convert_pt2e output -> FX reference form
     try:
         return backend.lower(reference_model, example_inputs, lowering_rules=rules, **options)
     except QuantfxError:
@@ -183,7 +186,7 @@ def _lower(backend: Backend, reference_model: GraphModule, example_inputs: tuple
 
 
 def lower(reference_model: GraphModule, backend: str, example_inputs: Any, **options: Any) -> torch.nn.Module:
-    """Lower a reference quantized model (from `convert_to_reference_fx`) with `backend`.
+    """Lower a reference quantized model (from `convert_to_reference_fx` or `convert_pt2e`) with `backend`.
 
     Checks the backend can run here first, and hands it every plugin's
     lowering rules; `options` go to the backend's `lower`.

@@ -12,6 +12,7 @@ __all__ = [
     "BackendUnavailableError",
     "PluginLoadError",
     "TracingError",
+    "CaptureError",
     "ExampleInputsError",
     "CalibrationError",
     "UncalibratedObserverError",
@@ -41,6 +42,10 @@ class PluginLoadError(QuantfxError, ImportError):
 
 class TracingError(QuantfxError, RuntimeError):
     """symbolic tracing failed; the message names the module and source line."""
+
+
+class CaptureError(QuantfxError, TypeError):
+    """PT2E got a model not captured by ``torch.export`` (the message says how to capture it)."""
 
 
 class ExampleInputsError(QuantfxError, ValueError):

@@ -77,6 +77,12 @@ class ReferenceBackend(Backend):
             qconfig = QConfig(activation=activation, weight=default_per_channel_weight_observer)
         return build_default_qconfig_mapping(qconfig, is_qat=is_qat)
 
+    def get_quantizer(self) -> Any:
+        """PT2E: the generic XNNPACK-style symmetric quantizer (int8 activations, per-channel int8 weights)."""
+        from quantfx.quantizer import SymmetricQuantizer, get_symmetric_quantization_config
+
+        return SymmetricQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
     def lower(
         self,
         reference_model: GraphModule,

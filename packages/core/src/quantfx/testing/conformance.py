@@ -24,7 +24,11 @@ and checks
 - ``test_lowering_does_not_mutate_reference``: lowering leaves the reference
   model's graph, weights and outputs untouched;
 - ``test_save_load_roundtrip``: a saved and reloaded artifact gives bit-exact
-  outputs (skipped when the backend does not implement save / load).
+  outputs (skipped when the backend does not implement save / load);
+- ``test_pt2e_matches_fx``: the model through ``torch.export`` -> ``prepare_pt2e``
+  with the backend's Quantizer -> ``convert_pt2e`` -> lower agrees with the FX
+  flow's lowered output, SQNR >= 30 dB (see ``quantfx.pt2e.conformance``;
+  skipped when the backend has no ``get_quantizer``).
 
 Every stage is a method (``prepare``, ``convert_reference``, ``lower``,
 ``run_artifact``, ``save_artifact``, ``load_artifact``) a subclass may override.
@@ -41,6 +45,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from quantfx.pt2e.conformance import Pt2eConformanceMixin
 from quantfx.testing.cases import OpCase, op_cases
 from quantfx.testing.metrics import flatten_outputs, sqnr
 from quantfx.testing.models import MODEL_SUITE, calibration_data
@@ -95,7 +100,7 @@ def _clone_outputs(out: Any) -> Any:
     return copy.deepcopy(out)
 
 
-class BackendConformanceTests:
+class BackendConformanceTests(Pt2eConformanceMixin):
     """Template test class: subclass it (name it ``Test...``) and set ``backend``.
 
     Class attributes a backend sets:
