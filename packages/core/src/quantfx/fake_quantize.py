@@ -1,6 +1,6 @@
 """Fake-quantize modules: observe, then quantize-dequantize in float, so QAT trains against int8 rounding.
 
-Same names and numerics as ``torch.ao.quantization.fake_quantize``. The
+Same names and numerics as ``torch/ao/quantization/fake_quantize``. The
 rounding itself is torch's core ops (``torch.fake_quantize_per_tensor_affine``,
 ``torch.fake_quantize_per_channel_affine``, ``torch.fused_moving_avg_obs_fake_quant``),
 which carry the straight-through gradient.

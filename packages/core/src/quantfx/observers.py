@@ -1,7 +1,7 @@
 """Observers: modules that watch tensors during calibration and turn what they saw into scale / zero point.
 
 The public names, constructor signatures and numerics follow
-``torch.ao.quantization.observer`` (deprecated upstream), so a qconfig written
+``torch/ao/quantization/observer`` (deprecated upstream), so a qconfig written
 for torch.ao ports by changing its imports and produces the same qparams.
 
 What quantfx adds, so a failed calibration is explained instead of silently

@@ -1,6 +1,6 @@
 """QConfig: which observer (or fake-quant) constructors to use for a layer's activation and weight.
 
-Mirrors ``torch.ao.quantization.qconfig`` (same names, same defaults) with
+Mirrors ``torch/ao/quantization/qconfig`` (same names, same defaults) with
 quantfx's observers and plain integer dtypes. Backend-specific defaults
 (fbgemm's reduce_range, qnnpack's symmetric ranges ...) live in the backend
 packages; the generic ones here are what they are built from.

@@ -1,6 +1,6 @@
 """QConfigMapping: which QConfig each op of a model gets, and the precedence that decides it.
 
-Mirrors ``torch.ao.quantization.qconfig_mapping`` (same setters, attributes and
+Mirrors ``torch/ao/quantization/qconfig_mapping`` (same setters, attributes and
 dict keys) and adds :meth:`QConfigMapping.qconfig_for`, the one place the
 precedence rules live, so the prepare pass never re-implements them.
 

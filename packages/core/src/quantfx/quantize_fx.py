@@ -1,4 +1,4 @@
-"""FX graph mode quantization: the seed API (``torch.ao.quantization.quantize_fx``), maintained.
+"""FX graph mode quantization: the seed API (``torch/ao/quantization/quantize_fx``), maintained.
 
 Migrating from torch.ao means changing the import; names, signatures and
 semantics are the seed's. Two additions: a ``backend=`` keyword picks an

@@ -1,6 +1,6 @@
 """PT2E quantization: ``prepare_pt2e`` / ``prepare_qat_pt2e`` / ``convert_pt2e`` on ``torch.export`` graphs.
 
-The seed API (``torch.ao.quantization.quantize_pt2e``, now in torchao), kept
+The seed API (``torch/ao/quantization/quantize_pt2e``, now in torchao), kept
 with its names, signatures and semantics, on quantfx's observers and reference
 IR::
 

@@ -1,6 +1,6 @@
 """What a backend can run quantized: patterns, their dtypes, and how to fuse / swap them.
 
-Mirrors ``torch.ao.quantization.backend_config.backend_config`` (same class,
+Mirrors ``torch/ao/quantization/backend_config.backend_config`` (same class,
 method and dict-key names) so existing backend configs port by changing the
 import. Two differences, both deliberate:
 

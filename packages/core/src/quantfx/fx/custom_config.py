@@ -1,7 +1,7 @@
 """Custom configs for ``fuse_fx`` / ``prepare_fx`` / ``convert_fx``.
 
 Same builder API and the same ``to_dict`` / ``from_dict`` keys as
-``torch.ao.quantization.fx.custom_config``, so code migrating from torch.ao
+``torch/ao/quantization/fx.custom_config``, so code migrating from torch.ao
 keeps working. Differences that help users:
 
 - setters validate their arguments (a lone string passed where a list of

@@ -7,7 +7,7 @@ one spec per input edge (``input_qspec_map``) and one for the node's output
 backend can express its constraints without touching the passes.
 
 Names, fields and semantics follow torchao's ``torchao.quantization.pt2e.quantizer``
-(formerly ``torch.ao.quantization.quantizer``), so a quantizer written for
+(formerly ``torch/ao/quantization/quantizer``), so a quantizer written for
 torchao ports by changing its imports. Differences: specs validate their
 fields in ``__post_init__`` and raise :class:`quantfx.errors.ValidationError`
 naming the field, and dtypes are plain (``torch.quint8`` becomes ``torch.uint8``).
