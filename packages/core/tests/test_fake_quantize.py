@@ -355,3 +355,14 @@ def test_observer_state_dict_roundtrip_with_fake_quants():
     for a, b in ((model[1], fresh[1]), (model[2], fresh[2])):
         torch.testing.assert_close(a.scale, b.scale, atol=0, rtol=0)
         torch.testing.assert_close(a.calculate_qparams()[0], b.calculate_qparams()[0], atol=0, rtol=0)
+
+
+def test_fused_fake_quant_rejects_per_channel_axis_other_than_zero():
+    from quantfx.errors import ValidationError
+    from quantfx.observers import MovingAveragePerChannelMinMaxObserver
+
+    with pytest.raises(ValidationError, match="axis 0 only"):
+        qfq.FusedMovingAvgObsFakeQuantize(
+            observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+            dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=1,
+        )

@@ -314,6 +314,14 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
                 f"{type(self).__name__} works with MovingAverageMinMaxObserver or "
                 f"MovingAveragePerChannelMinMaxObserver, got {type(self.activation_post_process).__name__}"
             )
+        ch_axis = getattr(self.activation_post_process, "ch_axis", 0)
+        if isinstance(self.activation_post_process, MovingAveragePerChannelMinMaxObserver) and ch_axis != 0:
+            # torch's fused kernel only handles axis 0; fail here, not later as a misleading Inf error
+            raise ValidationError(
+                f"{type(self).__name__} supports per-channel quantization along axis 0 only (torch's fused "
+                f"kernel), got ch_axis={ch_axis}; use FakeQuantize with MovingAveragePerChannelMinMaxObserver "
+                f"for other axes (e.g. transposed conv weights, axis 1)"
+            )
         # the fused kernel reads the flags as int64
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.long))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.long))
