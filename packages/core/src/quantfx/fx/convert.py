@@ -16,6 +16,7 @@ from torch.fx import GraphModule, Node
 from ..dtypes import normalize_dtype
 from ..errors import QuantfxError, UncalibratedObserverError
 from ..observers import is_observer_or_fake_quant
+from .prepare import _set_submodule
 from .qconfig_utils import is_fused_module, resolve_node_qconfigs
 from .state import PreparedState, get_state, set_state
 
@@ -24,12 +25,6 @@ __all__ = ["convert_to_reference", "REFERENCE_KEY"]
 REFERENCE_KEY = "quantfx_reference"
 
 _q = torch.ops.quantfx
-
-
-def _set_submodule(gm: torch.nn.Module, target: str, module: torch.nn.Module) -> None:
-    parent_name, _, name = target.rpartition(".")
-    parent = gm.get_submodule(parent_name) if parent_name else gm
-    setattr(parent, name, module)
 
 
 def _reference_module_map(backend_config: Any) -> dict[type, type]:
