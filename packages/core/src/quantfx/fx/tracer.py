@@ -28,6 +28,7 @@ from torch.fx import graph_module as _fx_graph_module
 
 from quantfx.errors import ExampleInputsError, QuantfxError, TracingError
 from quantfx.fx.custom_config import PrepareCustomConfig
+from quantfx.fx.functional_modules import restore_module_calls
 
 __all__ = [
     "QuantizationTracer",
@@ -235,7 +236,9 @@ def trace_for_quantization(
     """Trace ``model`` with a ``QuantizationTracer`` built from ``prepare_custom_config``.
 
     Non-traceable, standalone and custom (float -> observed) modules become
-    leaves. The result carries ``gm.meta["quantfx_node_name_to_scope"]`` and the
+    leaves. Functional convs / linears on an ``nn.Conv*d`` / ``nn.Linear``
+    subclass's own parameters become plain module calls again (see
+    ``quantfx.fx.functional_modules``), so fusion sees them. The result carries ``gm.meta["quantfx_node_name_to_scope"]`` and the
     config's preserved attributes (kept across deepcopy). ``model`` is deep-copied
     first unless ``copy_model=False``, so later passes never touch the user's
     modules. Raises ``TracingError`` naming the failing module, line and fix.
@@ -253,7 +256,9 @@ def trace_for_quantization(
         raise _tracing_error(model, err, tracer.failed_scope_stack) from err
     source = copy.deepcopy(model) if copy_model else model
     gm = GraphModule(source, graph, class_name=type(model).__name__)
-    gm.meta[NODE_NAME_TO_SCOPE_KEY] = dict(tracer.node_name_to_scope)
+    node_name_to_scope = dict(tracer.node_name_to_scope)
+    restore_module_calls(gm, source, node_name_to_scope)
+    gm.meta[NODE_NAME_TO_SCOPE_KEY] = node_name_to_scope
     attach_preserved_attributes(gm, {a: getattr(source, a) for a in config.preserved_attributes if hasattr(source, a)})
     return gm
 
