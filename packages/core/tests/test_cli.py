@@ -15,7 +15,7 @@ import torch
 import quantfx.plugins
 from quantfx import cli
 from quantfx.reference_backend import ReferenceBackend
-from quantfx.plugins import QuantfxPluginManager, hookimpl
+from quantfx.plugins import Availability, QuantfxPluginManager, hookimpl
 
 
 def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def test_backends_command_shows_reference():
     proc = run_cli("backends")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["name", "available", "reason", "distribution", "version"]
+    assert lines[0].split() == ["name", "available", "distribution", "version", "details"]
     row = next(line.split() for line in lines if line.startswith("reference"))
     assert row[1] == "yes"
     assert row[2].replace("_", "-").lower() == "quantfx-core"
@@ -99,6 +99,39 @@ def test_quantize_rejects_bad_shape_and_bad_model(pm, capsys):
     rc = cli.main(["quantize", "--model", "os:sep", "--example-shape", "1,3", "--calibration", "random:1"])
     assert rc == 1
     assert "must be an nn.Module" in capsys.readouterr().err
+
+
+def test_backends_command_shows_availability_details(pm, capsys):
+    advice = "start the process with OMP_WAIT_POLICY=PASSIVE so idle threads sleep instead of spinning"
+
+    class Probed(ReferenceBackend):
+        name = "probed"
+
+        def availability(self):
+            return Availability(True, details={"isa": "avx512_vnni", "threading": advice})
+
+    class Missing(ReferenceBackend):
+        name = "missing"
+
+        def availability(self):
+            return Availability.unavailable("the 'acme-runtime' package is not installed (pip install acme-runtime)")
+
+    class Plugin:
+        @hookimpl
+        def quantfx_register_backends(self, register):
+            register(Probed())
+            register(Missing())
+
+    quantfx.plugins.register(Plugin(), name="probed-plugin")
+    assert cli.main(["backends"]) == 0
+    text = capsys.readouterr().out
+    probed = next(line for line in text.splitlines() if line.startswith("probed"))
+    assert "isa=avx512_vnni" in probed and "OMP_WAIT_POLICY" not in probed  # long advice is not squeezed into the row
+    assert "Notes:" in text and "probed threading: start the process with OMP_WAIT_POLICY=PASSIVE" in text
+    assert "Why unavailable:" in text and "missing: the 'acme-runtime' package is not installed" in text
+    assert cli.main(["backends", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["probed"]["details"] == {"isa": "avx512_vnni", "threading": advice}
 
 
 MODEL_MODULE = """

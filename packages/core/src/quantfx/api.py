@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -56,6 +56,8 @@ class BackendInfo:
     reason: str | None
     description: str = ""
     load_error: bool = False
+    #: what the availability probe found (ISA, devices, runtime versions ...), from ``Availability.details``
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _availability(backend: Backend) -> Availability:
@@ -103,6 +105,7 @@ def backends() -> list[BackendInfo]:
                 available=availability.available,
                 reason=availability.reason,
                 description=backend.description,
+                details=dict(availability.details),
             )
         )
     for failure in pm.load_errors():

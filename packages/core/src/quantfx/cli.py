@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -48,26 +49,39 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: Tex
     Console(file=out, soft_wrap=True).print(table)
 
 
+_INLINE_DETAIL_CHARS = 40  # longer availability details (advice sentences) go under "Notes:"
+
+
 def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     from quantfx import api
     from quantfx.plugins import load_errors
 
     infos = api.backends()
     if args.json:
-        print(json.dumps([info.__dict__ for info in infos], indent=2), file=out)
+        print(json.dumps([info.__dict__ for info in infos], indent=2, default=str), file=out)
         return 0
-    headers = ("name", "available", "reason", "distribution", "version")
+    headers = ("name", "available", "distribution", "version", "details")
     rows = [
         (
             i.name,
             "yes" if i.available else ("load error" if i.load_error else "no"),
-            i.reason or "",
             i.distribution or "",
             i.version or "",
+            ", ".join(f"{k}={v}" for k, v in i.details.items() if len(str(v)) <= _INLINE_DETAIL_CHARS),
         )
         for i in infos
     ]
     _print_table(headers, rows, out)
+    notes = [(i.name, k, str(v)) for i in infos for k, v in i.details.items() if len(str(v)) > _INLINE_DETAIL_CHARS]
+    if notes:
+        print("\nNotes:", file=out)
+        for name, key, text in notes:
+            print(textwrap.fill(text, width=100, initial_indent=f"  {name} {key}: ", subsequent_indent="    "), file=out)
+    unavailable = [i for i in infos if not i.available and not i.load_error]
+    if unavailable:
+        print("\nWhy unavailable:", file=out)
+        for i in unavailable:
+            print(textwrap.fill(i.reason or "", width=100, initial_indent=f"  {i.name}: ", subsequent_indent="    "), file=out)
     errors = load_errors()
     if errors:
         print("\nPlugin load errors:", file=out)
