@@ -553,3 +553,47 @@ def test_default_mapping_resolves_ops_inside_a_model():
     sig = m.qconfig_for("blk", torch.sigmoid, 0, enclosing_module_type=nn.Module)
     obs = sig.activation()
     assert (float(obs.scale), int(obs.zero_point)) == (1.0 / 256.0, 0)
+
+
+def test_reshape_reuses_input_with_the_activation_dtype_of_the_global_qconfig():
+    """int8-activation backends (TensorRT, XNNPACK) must see an int8 reuse-input qconfig, or reshape stays float."""
+    int8 = QConfig(
+        activation=HistogramObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        weight=default_per_channel_weight_observer,
+    )
+    reshape = build_default_qconfig_mapping(int8).object_type_qconfigs["reshape"]
+    assert qc.is_reuse_input_qconfig(reshape) and reshape.activation().dtype == torch.int8
+    uint8 = build_default_qconfig_mapping(FBGEMM_LIKE).object_type_qconfigs["reshape"]
+    assert uint8 is qc.default_reuse_input_qconfig and normalize_dtype(uint8.activation().dtype) == torch.uint8
+
+
+def test_int8_reshape_is_quantized_by_an_int8_backend():
+    from quantfx.backend_config import BackendConfig, DTypeConfig
+    from quantfx.backend_config.common import linear_configs, share_qparams_op_configs
+    from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
+
+    int8_acts = DTypeConfig(input_dtype=torch.int8, output_dtype=torch.int8, weight_dtype=torch.int8, bias_dtype=torch.float)
+    backend = BackendConfig("int8_only").set_backend_pattern_configs(
+        linear_configs([int8_acts]) + share_qparams_op_configs([int8_acts])
+    )
+    int8 = QConfig(
+        activation=MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        weight=default_per_channel_weight_observer,
+    )
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.b(self.a(x).reshape(4, 8))
+
+    x = torch.randn(4, 8)
+    prepared = prepare_fx(M().eval(), build_default_qconfig_mapping(int8), (x,), backend_config=backend)
+    prepared(x)
+    ref = convert_to_reference_fx(prepared)
+    reshape = next(n for n in ref.graph.nodes if n.target == "reshape")
+    q_after = [u for u in reshape.users if "quantize" in str(u.target)]
+    assert reshape.args[0].op != "call_module" and "dequantize" in str(reshape.args[0].target)
+    assert q_after, ref.code  # the reshape sits inside the int8 region, not in float

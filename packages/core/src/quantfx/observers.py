@@ -1194,10 +1194,14 @@ class NoopObserver(ObserverBase):
 
 
 class ReuseInputObserver(ObserverBase):
-    """Marks an op (reshape, view ...) whose output shares the observer of its input (FX graph mode only)."""
+    """Marks an op (reshape, view ...) whose output shares the observer of its input (FX graph mode only).
 
-    def __init__(self) -> None:
-        super().__init__(torch.quint8, is_dynamic=False)
+    ``dtype`` only states what the shared qparams will be, so that a backend
+    whose activations are int8 (TensorRT, XNNPACK) accepts the pattern.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.quint8) -> None:
+        super().__init__(dtype, is_dynamic=False)
 
     def forward(self, x: Any) -> Any:
         return x

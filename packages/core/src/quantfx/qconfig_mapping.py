@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from quantfx.dtypes import normalize_dtype
 from quantfx.errors import ValidationError
 from quantfx.fake_quantize import (
     FixedQParamsFakeQuantize,
@@ -31,6 +32,8 @@ from quantfx.fake_quantize import (
     fused_wt_fake_quant_range_neg_127_to_127,
 )
 from quantfx.observers import (
+    NoopObserver,
+    ReuseInputObserver,
     default_fixed_qparams_range_0to1_observer,
     default_fixed_qparams_range_neg1to1_observer,
     default_placeholder_observer,
@@ -401,6 +404,14 @@ def _per_tensor_weight_qconfig(qconfig: QConfig, is_qat: bool) -> QConfig:
     return QConfig(activation=qconfig.activation, weight=weight)
 
 
+def _reuse_input_qconfig_like(qconfig: QConfig) -> QConfig:
+    """``default_reuse_input_qconfig`` with the activation dtype of ``qconfig`` (int8 backends need int8 here)."""
+    dtype = normalize_dtype(getattr(qconfig.activation(), "dtype", None))
+    if dtype in (None, torch.uint8) or dtype.is_floating_point:
+        return default_reuse_input_qconfig
+    return QConfig(activation=ReuseInputObserver.with_args(dtype=dtype), weight=NoopObserver)
+
+
 def build_default_qconfig_mapping(
     qconfig: QConfig,
     *,
@@ -415,7 +426,8 @@ def build_default_qconfig_mapping(
     Mirrors torch.ao's ``_get_default_qconfig_mapping`` with the backend switch
     replaced by arguments:
 
-    - ``"reshape"`` reuses its input's observer (``default_reuse_input_qconfig``);
+    - ``"reshape"`` reuses its input's observer (``default_reuse_input_qconfig``,
+      with ``qconfig``'s activation dtype);
     - ConvTranspose modules / functions get ``transpose_qconfig`` (default:
       ``qconfig`` with a per-tensor weight; the kernels have no per-channel
       transpose);
@@ -447,7 +459,7 @@ def build_default_qconfig_mapping(
     if embedding_qconfig is None:
         embedding_qconfig = default_embedding_qat_qconfig if is_qat else float_qparams_weight_only_qconfig
 
-    mapping = QConfigMapping().set_global(qconfig).set_object_type("reshape", default_reuse_input_qconfig)
+    mapping = QConfigMapping().set_global(qconfig).set_object_type("reshape", _reuse_input_qconfig_like(qconfig))
     for op in _CONV_TRANSPOSE_OPS:
         mapping.set_object_type(op, transpose_qconfig)
     mapping.set_object_type(F.layer_norm, layernorm_qconfig)
