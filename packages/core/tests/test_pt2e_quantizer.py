@@ -261,3 +261,87 @@ def test_reference_backend_provides_the_symmetric_quantizer() -> None:
     quantizer = quantfx.get_backend("reference").get_quantizer()
     assert isinstance(quantizer, SymmetricQuantizer)
     assert quantizer.global_config == get_symmetric_quantization_config(is_per_channel=True)
+
+
+# --------------------------------------------------------------------------- PatternQuantizer: regions and hooks
+
+
+def test_set_operator_type_none_leaves_that_operator_float() -> None:
+    from quantfx.quantizer import PatternQuantizer
+
+    gm = _exported()
+    quantizer = SymmetricQuantizer(get_symmetric_quantization_config()).set_operator_type(aten.linear, None)
+    assert isinstance(quantizer, PatternQuantizer)
+    quantizer.annotate(gm)
+    assert Q_ANNOTATION_KEY not in _node(gm, aten.linear.default).meta
+    assert _node(gm, aten.conv2d.default).meta[Q_ANNOTATION_KEY].input_qspec_map
+
+
+def test_operator_type_region_includes_the_fused_relu() -> None:
+    """conv -> relu with a per-operator config: the relu belongs to the conv's region and carries its output spec."""
+    per_channel = get_symmetric_quantization_config(is_per_channel=True)
+    gm = _exported()
+    SymmetricQuantizer().set_operator_type("conv2d", per_channel).annotate(gm)
+    conv, relu = _node(gm, aten.conv2d.default), _node(gm, aten.relu.default)
+    assert conv.meta[Q_ANNOTATION_KEY].input_qspec_map[conv.args[1]] == per_channel.weight
+    assert relu.meta[Q_ANNOTATION_KEY].output_qspec == per_channel.output_activation
+    assert Q_ANNOTATION_KEY not in _node(gm, aten.linear.default).meta  # no global config
+
+
+def test_module_name_beats_operator_type_beats_global() -> None:
+    per_tensor, per_channel = get_symmetric_quantization_config(), get_symmetric_quantization_config(is_per_channel=True)
+    gm = _exported()
+    (SymmetricQuantizer(per_tensor)
+     .set_operator_type(aten.linear.default, per_channel)
+     .set_module_name("head", None)
+     .annotate(gm))
+    assert Q_ANNOTATION_KEY not in _node(gm, aten.linear.default).meta
+    conv = _node(gm, aten.conv2d.default)
+    assert conv.meta[Q_ANNOTATION_KEY].input_qspec_map[conv.args[1]] == per_tensor.weight
+
+    gm = _exported()
+    SymmetricQuantizer(per_tensor).set_operator_type(aten.linear.default, per_channel).annotate(gm)
+    linear = _node(gm, aten.linear.default)
+    assert linear.meta[Q_ANNOTATION_KEY].input_qspec_map[linear.args[1]] == per_channel.weight
+
+
+@pytest.mark.parametrize("bad", [nn.Linear, "", F.linear, 3])
+def test_set_operator_type_rejects_what_is_not_an_aten_operator(bad) -> None:
+    with pytest.raises(ValidationError, match="set_operator_type expects an aten operator"):
+        SymmetricQuantizer().set_operator_type(bad, None)
+
+
+def test_config_for_annotator_can_vary_or_drop_a_pattern() -> None:
+    """A backend's per-pattern variant of the config (e.g. per-tensor weights for one op) is what gets annotated."""
+    from quantfx.quantizer import PatternQuantizer
+
+    per_tensor, per_channel = get_symmetric_quantization_config(), get_symmetric_quantization_config(is_per_channel=True)
+
+    class Backendish(PatternQuantizer):
+        STATIC_OPS = ["conv_relu", "linear"]
+
+        def config_for_annotator(self, name, config):
+            return None if name == "linear" else per_tensor
+
+    gm = _exported()
+    Backendish(per_channel).annotate(gm)
+    conv = _node(gm, aten.conv2d.default)
+    assert conv.meta[Q_ANNOTATION_KEY].input_qspec_map[conv.args[1]] == per_tensor.weight
+    assert Q_ANNOTATION_KEY not in _node(gm, aten.linear.default).meta
+
+
+def test_matmul_annotator_quantizes_both_inputs_and_output() -> None:
+    from quantfx.quantizer import ANNOTATORS
+
+    class Attn(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return torch.matmul(q, k.transpose(-1, -2))
+
+    gm = torch.export.export(Attn(), (torch.randn(2, 4, 8), torch.randn(2, 4, 8))).module()
+    config = get_symmetric_quantization_config()
+    ANNOTATORS["matmul"](gm, config, None)
+    mm = _node(gm, aten.matmul.default)
+    annotation = mm.meta[Q_ANNOTATION_KEY]
+    assert set(annotation.input_qspec_map) == set(mm.all_input_nodes) and len(mm.all_input_nodes) == 2
+    assert all(spec == config.input_activation for spec in annotation.input_qspec_map.values())
+    assert annotation.output_qspec == config.output_activation

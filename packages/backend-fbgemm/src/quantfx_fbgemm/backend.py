@@ -80,6 +80,12 @@ class OneDNNBackend(Backend):
         """torch.ao's x86 / fbgemm defaults with reduce_range chosen as the module docstring says."""
         return get_default_qconfig_mapping(self.name, is_qat=is_qat)
 
+    def get_quantizer(self, is_qat: bool = False) -> Any:
+        """PT2E: the default QConfigMapping's scheme as an ``X86Quantizer`` (``quantfx_fbgemm.quantizer``)."""
+        from quantfx_fbgemm.quantizer import get_x86_quantizer
+
+        return get_x86_quantizer(self.name, is_qat=is_qat)
+
     def lower(
         self,
         reference_model: GraphModule,

@@ -78,6 +78,12 @@ class TensorRTBackend(Backend):
 
         return get_tensorrt_qconfig_mapping(is_qat=is_qat)
 
+    def get_quantizer(self, is_qat: bool = False) -> Any:
+        """PT2E: the default QConfigMapping's symmetric int8 scheme as a ``TensorRTQuantizer``."""
+        from quantfx_tensorrt.quantizer import get_tensorrt_quantizer
+
+        return get_tensorrt_quantizer(is_qat=is_qat)
+
     def export_onnx(
         self,
         reference_model: torch.nn.Module,

@@ -20,6 +20,7 @@ and the result lowers through any quantfx backend.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch.fx import GraphModule
@@ -52,7 +53,11 @@ def _resolve_quantizer(quantizer: Any, fn: str) -> tuple[Quantizer, str | None]:
         from quantfx import api
 
         backend = api.get_backend(quantizer)  # UnknownBackendError lists the installed ones
-        quantizer_obj = backend.get_quantizer()
+        get_quantizer = backend.get_quantizer
+        if fn == "prepare_qat_pt2e" and "is_qat" in inspect.signature(get_quantizer).parameters:
+            quantizer_obj = get_quantizer(is_qat=True)  # the backend's QAT config: fake-quants, conv-bn patterns
+        else:
+            quantizer_obj = get_quantizer()
         if not isinstance(quantizer_obj, Quantizer):
             raise ValidationError(
                 f"Backend '{quantizer}'.get_quantizer() returned {type(quantizer_obj).__name__}, not a "

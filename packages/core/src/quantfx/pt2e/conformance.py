@@ -2,9 +2,9 @@
 
 For every model of the suite: ``torch.export`` -> ``prepare_pt2e`` with the
 backend's ``get_quantizer()`` -> calibrate (same batches as the FX flow) ->
-``convert_pt2e`` -> ``quantfx.api.lower`` (which normalizes PT2E output into
-the FX reference form) -> run, and compare with the same model quantized and
-lowered through ``prepare_fx``:
+``convert_pt2e`` -> normalize into the FX reference form (as ``quantfx.api.lower``
+does) -> the FX flow's ``lower`` stage -> run, and compare with the same model
+quantized and lowered through ``prepare_fx``:
 
 - ``test_pt2e_matches_fx``: SQNR(FX-flow output, PT2E-flow output) >= 30 dB
   (``pt2e_sqnr_bounds`` per model id or ``"model"``; ``default_pt2e_sqnr``).
@@ -68,8 +68,14 @@ class Pt2eConformanceMixin:
         return importlib.import_module("quantfx.quantize_pt2e").convert_pt2e(prepared)
 
     def lower_pt2e(self, converted: Any, example_inputs: tuple[Any, ...]) -> Any:
-        """``quantfx.api.lower`` on convert_pt2e output (the same call as for FX output)."""
-        return importlib.import_module("quantfx.api").lower(converted, self.backend, example_inputs)
+        """The FX flow's lowering stage (``self.lower``) on convert_pt2e output, normalized as ``quantfx.api.lower`` does.
+
+        Going through ``self.lower`` keeps a subclass's lowering options (e.g.
+        tensorrt's ONNX Runtime route on a machine without a GPU) for both front doors.
+        """
+        from quantfx.pt2e.normalize import as_fx_reference
+
+        return self.lower(as_fx_reference(converted, example_inputs), example_inputs)  # type: ignore[attr-defined]
 
     def pt2e_flow(self, name: str) -> Pt2eFlow:
         """Run (once per class and model) the PT2E flow on the FX flow's inputs."""

@@ -3,7 +3,9 @@
 >>> from quantfx.quantizer import SymmetricQuantizer, get_symmetric_quantization_config
 >>> quantizer = SymmetricQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
-Backends return their quantizer from ``Backend.get_quantizer()``; see
+A backend's quantizer is a :class:`PatternQuantizer` subclass (its configs
+and the list of patterns it runs in int8), returned from
+``Backend.get_quantizer()``; see
 ``quantfx.quantize_pt2e`` for the flow and ``docs/how-to/pt2e.md``.
 """
 
@@ -13,6 +15,7 @@ from quantfx.quantizer.annotators import (
     register_annotator,
 )
 from quantfx.quantizer.composable import ComposableQuantizer
+from quantfx.quantizer.pattern import PatternQuantizer, get_operator_type_filter
 from quantfx.quantizer.quantizer import (
     Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,
@@ -49,6 +52,8 @@ __all__ = [
     "QuantizationAnnotation",
     "ComposableQuantizer",
     "QuantizationConfig",
+    "PatternQuantizer",
+    "get_operator_type_filter",
     "SymmetricQuantizer",
     "get_symmetric_quantization_config",
     "ANNOTATORS",

@@ -54,6 +54,8 @@ __all__ = [
     "HARDTANH_OPS",
     "RELU_LIKE_OPS",
     "BATCH_NORM_OPS",
+    "MATMUL_OPS",
+    "PAD_OPS",
     "SHARE_QPARAMS_OPS",
 ]
 
@@ -124,6 +126,11 @@ SHARE_QPARAMS_OPS = _ops(
     aten.slice.Tensor, _overload(aten.slice_copy, "Tensor"), aten.flatten.using_ints,
     aten.dropout.default, aten.dropout_.default,  # identity once deployed (eval)
 )
+
+
+#: Padding ops: zero (the zero point) padding needs no requantize, so backends whose FX config shares
+#: qparams through ``F.pad`` / ``nn.ZeroPad2d`` add these to their share-qparams set.
+PAD_OPS = _ops(aten.pad.default, aten.constant_pad_nd.default)
 
 
 def _check_act(spec: QuantizationSpec | None, what: str) -> QuantizationSpec | None:
@@ -443,6 +450,15 @@ def annotate_mul(gm: GraphModule, config: QuantizationConfig | None, filter_fn: 
 def annotate_mul_relu(gm: GraphModule, config: QuantizationConfig | None, filter_fn: Any = None) -> list[list[Node]]:
     """mul -> relu, quantized as one op."""
     return _annotate_binary_relu(gm, config, filter_fn, MUL_OPS)
+
+
+MATMUL_OPS = _ops(aten.matmul.default)
+
+
+@register_annotator("matmul")
+def annotate_matmul(gm: GraphModule, config: QuantizationConfig | None, filter_fn: Any = None) -> list[list[Node]]:
+    """aten.matmul of two float tensors (attention scores / context): both inputs and the output quantized."""
+    return _annotate_binary(gm, config, filter_fn, MATMUL_OPS)
 
 
 def _has_annotated_qparam_source(node: Node, share_ops: frozenset = SHARE_QPARAMS_OPS) -> bool:
