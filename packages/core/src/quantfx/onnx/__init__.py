@@ -10,6 +10,12 @@ TVM's ONNX importers)::
     assert check_qdq(model).ok                                 # Q/DQ in front of every conv / gemm / matmul
     ort_model = OnnxRuntimeModule(model)                       # call it like the torch model
     y = ort_model(x)
+    print(compare_quantize_points(ref, model, x).summary())    # where ONNX Runtime and the reference differ
+
+For ONNX Runtime's CPU int8 kernels, prepare with
+``get_onnxruntime_qconfig_mapping()`` (asymmetric uint8 activations: ONNX
+Runtime fuses conv + ReLU / ReLU6 only then); TensorRT needs its own
+symmetric defaults (``quantfx_tensorrt``).
 
 Needs the optional extra: ``pip install 'quantfx-core[onnx]'`` (onnx,
 onnxscript for ``torch.onnx.export``, onnxruntime).
@@ -22,14 +28,19 @@ from quantfx.onnx._deps import ONNX_EXTRA_HINT, require_onnx
 require_onnx()
 
 from quantfx.onnx.check import COMPUTE_OPS, QDQReport, check_qdq  # noqa: E402
+from quantfx.onnx.compare import LayerwiseReport, QuantPointDiff, compare_quantize_points  # noqa: E402
 from quantfx.onnx.export import DEFAULT_OPSET, export_onnx  # noqa: E402
-from quantfx.onnx.passes import DEFAULT_PASSES, OnnxPass, fold_weight_transposes  # noqa: E402
+from quantfx.onnx.qconfig import get_onnxruntime_qconfig, get_onnxruntime_qconfig_mapping  # noqa: E402
+from quantfx.onnx.passes import DEFAULT_PASSES, OnnxPass, fit_bias_in_int32, fold_weight_transposes  # noqa: E402
 from quantfx.onnx.runtime import OnnxRuntimeModule, load_onnx  # noqa: E402
 
 __all__ = [
     "export_onnx",
     "check_qdq",
     "QDQReport",
+    "compare_quantize_points",
+    "LayerwiseReport",
+    "QuantPointDiff",
     "COMPUTE_OPS",
     "OnnxRuntimeModule",
     "load_onnx",
@@ -37,5 +48,8 @@ __all__ = [
     "DEFAULT_PASSES",
     "DEFAULT_OPSET",
     "fold_weight_transposes",
+    "fit_bias_in_int32",
+    "get_onnxruntime_qconfig",
+    "get_onnxruntime_qconfig_mapping",
     "ONNX_EXTRA_HINT",
 ]

@@ -18,6 +18,7 @@ from quantfx.onnx.graph import GraphIndex, attr
 __all__ = [
     "OnnxPass",
     "fold_weight_transposes",
+    "fit_bias_in_int32",
     "remove_dead_nodes",
     "remove_unused_initializers",
     "DEFAULT_PASSES",
@@ -90,6 +91,100 @@ def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+INT32_BIAS_LIMIT = 2**30
+"""Largest |bias / (input scale * weight scale)| ``fit_bias_in_int32`` leaves alone: half of int32,
+so the integer accumulator still has room for the products."""
+
+
+def _weight_axis(node: onnx.NodeProto, rank: int) -> int | None:
+    """The output-channel axis of a Conv / Gemm weight (None: not a weighted op we handle)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm" and rank == 2:
+        return 0 if int(attr(node, "transB", 0)) else 1
+    return None
+
+
+def fit_bias_in_int32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Widen per-channel weight scales where a runtime's int32 bias would overflow.
+
+    ONNX Runtime (and other integer runtimes) fuse ``DQ -> Conv / Gemm (float
+    bias) -> Q`` into one int8 kernel whose bias is ``round(bias / (s_x * s_w))``
+    in int32. A channel whose weights are all but zero (a dead channel of a
+    pretrained network: EfficientNet-Lite0's stem has weights of 3e-9 and a
+    folded-BN bias of order 1) gets a weight scale so small that this
+    overflows, and the runtime returns garbage for the whole channel. This pass
+    gives such channels the smallest weight scale that keeps the bias within
+    ``INT32_BIAS_LIMIT`` and requantizes their int8 weights to it (the weights
+    then round to almost all zeros: the change in the output is below the
+    weights' own size, i.e. below the reference's float noise). Other channels,
+    and models without the problem, are left bit-identical.
+    """
+    graph = model.graph
+    index = GraphIndex(graph)
+    new_nodes: list[onnx.NodeProto] = []
+    changed = False
+    for node in graph.node:
+        new_nodes_before = _fit_one(node, index, graph)
+        if new_nodes_before:
+            changed = True
+            new_nodes.extend(new_nodes_before)
+        new_nodes.append(node)
+    if changed:
+        _replace_nodes(graph, new_nodes)
+        remove_dead_nodes(model)
+        remove_unused_initializers(model)
+    return model
+
+
+def _fit_one(node: onnx.NodeProto, index: GraphIndex, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+        return []
+    x_dq, w_dq = index.producer.get(node.input[0]), index.producer.get(node.input[1])
+    if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        return []
+    bias, s_x = index.constant(node.input[2]), index.constant(x_dq.input[1])
+    weight, s_w = index.constant(w_dq.input[0]), index.constant(w_dq.input[1])
+    if bias is None or s_x is None or weight is None or s_w is None or s_x.size != 1:
+        return []
+    zp = index.constant(w_dq.input[2]) if len(w_dq.input) > 2 and w_dq.input[2] else np.zeros((), weight.dtype)
+    if zp is None or np.any(zp != 0):
+        return []  # symmetric weights only (every quantfx default); an affine weight keeps its scale
+    axis = _weight_axis(node, weight.ndim)
+    if axis is None:
+        return []
+    channels = weight.shape[axis]
+    scale = np.broadcast_to(s_w.astype(np.float64).reshape(-1), (channels,)).copy()
+    needed = np.abs(bias.astype(np.float64).reshape(-1)) / (float(s_x.reshape(())) * INT32_BIAS_LIMIT)
+    if bias.size != channels or not np.any(needed > scale):
+        return []
+    if s_w.size == 1:
+        scale[:] = max(scale[0], float(needed.max()))  # per-tensor stays per-tensor
+    else:
+        scale = np.maximum(scale, needed)
+    shape = [1] * weight.ndim
+    shape[axis] = channels
+    ratio = (np.broadcast_to(s_w.astype(np.float64).reshape(-1), (channels,)) / scale).reshape(shape)
+    info = np.iinfo(weight.dtype)
+    lo = -info.max if weight.dtype == np.int8 else info.min  # keep int8 weights in the narrow [-127, 127]
+    new_weight = np.clip(np.round(weight.astype(np.float64) * ratio), lo, info.max).astype(weight.dtype)
+    new_scale = scale.astype(np.float32).reshape(s_w.shape)
+    w_name = index.unique_name(f"{w_dq.input[0]}_int32_bias_safe")
+    s_name = index.unique_name(f"{w_dq.input[1]}_int32_bias_safe")
+    for tensor in (numpy_helper.from_array(new_weight, w_name), numpy_helper.from_array(new_scale, s_name)):
+        graph.initializer.append(tensor)
+        index.initializers[tensor.name] = tensor
+    out = index.unique_name(f"{w_dq.output[0]}_int32_bias_safe")
+    axis_attr = {"axis": int(attr(w_dq, "axis", 1))} if s_w.size != 1 else {}
+    dq = onnx.helper.make_node(
+        "DequantizeLinear", [w_name, s_name, *w_dq.input[2:]], [out],
+        name=index.unique_name(f"{w_dq.name or 'dq'}_int32_bias_safe"), **axis_attr,
+    )
+    index.producer[out] = dq
+    node.input[1] = out
+    return [dq]
+
+
 def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop nodes none of whose outputs is read (by a node or as a graph output)."""
     graph = model.graph
@@ -118,4 +213,6 @@ def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-DEFAULT_PASSES: tuple[OnnxPass, ...] = (fold_weight_transposes, remove_dead_nodes, remove_unused_initializers)
+DEFAULT_PASSES: tuple[OnnxPass, ...] = (
+    fold_weight_transposes, fit_bias_in_int32, remove_dead_nodes, remove_unused_initializers,
+)
