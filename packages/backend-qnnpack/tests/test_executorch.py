@@ -102,3 +102,16 @@ def test_unknown_target_is_a_clear_error() -> None:
     ref = _reference(nn.Sequential(nn.Linear(4, 4)).eval(), (torch.randn(2, 4),))
     with pytest.raises(Exception, match="unknown target 'tflite'; choose one of inprocess, executorch"):
         quantfx.api.lower(ref, "qnnpack", (torch.randn(2, 4),), target="tflite")
+
+
+def test_dynamic_linear_on_pte_is_a_clear_error() -> None:
+    import quantfx.qconfig as qc
+    from quantfx.errors import LoweringError
+    from quantfx.qconfig_mapping import QConfigMapping
+
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    example = (torch.randn(5, 16),)
+    prepared = prepare_fx(model, QConfigMapping().set_object_type(nn.Linear, qc.default_dynamic_qconfig), example, backend="qnnpack")
+    reference = convert_to_reference_fx(prepared)
+    with pytest.raises(LoweringError, match="Dynamic quantization .* not delegated to XNNPACK.*target='inprocess'"):
+        quantfx.api.lower(reference, "qnnpack", example, target="executorch", warn_unpartitioned=False)

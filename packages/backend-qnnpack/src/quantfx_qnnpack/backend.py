@@ -115,7 +115,7 @@ class QnnpackBackend(Backend):
         return lower_to_executorch(reference, example_inputs, **options)
 
     def save(self, lowered: torch.nn.Module, path: str | os.PathLike[str]) -> None:
-        """``PteModule``: the ``.pte`` file; ``QnnpackModule``: a torch.save pickle (trusted files only)."""
+        """``PteModule``: the ``.pte`` file; ``QnnpackModule``: safetensors + JSON graph (no pickle)."""
         from quantfx_qnnpack.artifact import save
 
         save(lowered, path)

@@ -198,7 +198,21 @@ def lower_to_executorch(reference_model: GraphModule, example_inputs: tuple[Any,
     report = partition_report(edge.exported_program().graph_module, why.reasons)
     float_modules = {name: reason for name, reason in left_float}
     report = [UnpartitionedNode(r.name, r.target, float_modules.get(r.name, r.reason)) for r in report]
-    program = edge.to_executorch()
+    try:
+        program = edge.to_executorch()
+    except Exception as exc:
+        outside = "; ".join(f"{r.name} ({r.target}): {r.reason}" for r in report[:8]) or "none reported"
+        dynamic = any("choose_qparams" in r.target for r in report)
+        hint = (
+            "Dynamic quantization (qparams chosen at run time) is not delegated to XNNPACK by this lowering: "
+            "quantize those layers statically for the .pte route, or use target='inprocess'."
+            if dynamic
+            else "Keep those ops out of the model or quantize them differently."
+        )
+        raise LoweringError(
+            f"qnnpack/executorch: ExecuTorch cannot build a program from the ops left outside XNNPACK "
+            f"({type(exc).__name__}: {exc}). Nodes outside XNNPACK: {outside}. {hint}"
+        ) from exc
     module = PteModule(program.buffer, out_spec, report)
     if report and warn_unpartitioned:
         names = ", ".join(r.name for r in report[:12]) + (f", ... ({len(report)} in all)" if len(report) > 12 else "")
