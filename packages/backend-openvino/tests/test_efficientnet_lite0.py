@@ -4,16 +4,14 @@ Calibrated on crops / flips of scikit-image's bundled photographs, evaluated
 on other crops. OpenVINO must run the convolutions in int8 and reproduce the
 reference model's decisions (top-1) and logits.
 
-The issue's bar is SQNR(reference, OpenVINO) >= 30 dB; measured 20.8 dB on
-the model as packaged. The gap is the reference model's coarse grids, not a
-lowering bug: this package's convs are ``Conv2dStaticSamePadding`` (an
-``nn.Conv2d`` subclass), which core traces through into ``F.conv2d`` and then
-neither folds the BatchNorm into nor fuses the ReLU6 with; each ReLU6 then
-shares the grid of a wide BatchNorm output (~18 levels over 0..6), and
-OpenVINO's different rounding order flips a step here and there, which such
-coarse grids amplify. With the same convs as plain ``nn.Conv2d`` (fused by
-core) the same lowering gives 28.5 dB (performance) / 30.0 dB (mixed).
-``test_efficientnet_lite0_reaches_the_issue_bar`` is the xfail that records it.
+The issue's bar is SQNR(reference, OpenVINO) >= 30 dB. Two things stood in
+its way: core traced the package's ``Conv2dStaticSamePadding`` (an
+``nn.Conv2d`` subclass) into ``F.conv2d`` and then neither folded BatchNorm
+nor fused ReLU6 (fixed in core's tracer: 20.8 -> 28.8 dB), and OpenVINO fuses
+each residual add into the conv before it without rounding that conv's output
+(the backend config's ``conv -> add`` pattern now keeps the reference from
+rounding it too: 28.8 -> 30.2 dB on 64 crops). What is left is rounding order
+(a step flipped here and there, compounding over 16 blocks).
 """
 
 from __future__ import annotations
@@ -98,17 +96,4 @@ def test_efficientnet_lite0_runs_int8_and_follows_the_reference(lowered_efficien
     assert len(convs) >= 40 and len(int8) == len(convs), f"{len(int8)} of {len(convs)} convolutions in int8"
     assert top1_agreement(ref_out, ov_out) >= 0.9
     value = sqnr(ref_out, ov_out)
-    # regression floor under the measured 20.8 dB (a lowering bug, e.g. an unsnapped ReLU6, gives < 12 dB)
-    assert value >= 18.0, f"SQNR(reference IR, OpenVINO) = {value:.1f} dB on EfficientNet-Lite0"
-
-
-@pytest.mark.xfail(
-    reason="core does not fold BN / fuse ReLU6 into the F.conv2d of Conv2dStaticSamePadding, so the reference's "
-    "grids are coarse and OpenVINO's rounding differences cost ~9 dB (20.8 dB measured; see the module docstring)",
-    strict=False,
-)
-def test_efficientnet_lite0_reaches_the_issue_bar(lowered_efficientnet: dict[str, Any]) -> None:
-    from quantfx.testing.metrics import sqnr
-
-    value = sqnr(lowered_efficientnet["ref_out"], lowered_efficientnet["ov_out"])
     assert value >= 30.0, f"SQNR(reference IR, OpenVINO) = {value:.1f} dB on EfficientNet-Lite0"

@@ -11,6 +11,12 @@ grid); a signed one is i8-symmetric, written as uint8 with zero point 128
 activations, better for activations whose range is far from symmetric
 (GELU / swish outputs, un-normalized inputs).
 
+``transformer`` (NNCF's ``model_type=TRANSFORMER``): ``mixed`` qconfigs on
+the matmul-like ops only (linear, conv, ``torch.matmul`` / ``bmm``) plus
+weight-only embeddings; residual adds, LayerNorm, GELU, softmax and the
+layout ops between them stay float, as NNCF's transformer ignored patterns
+keep them.
+
 Activation ranges are the *mean* over calibration batches of each batch's
 min / max (NNCF's ``MEAN_MINMAX`` range estimator for activations), which
 ignores a single outlier batch; weights use their exact min / max.
@@ -23,6 +29,7 @@ that u8 x s8 products cannot saturate oneDNN's int16 intermediate
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -49,7 +56,7 @@ __all__ = [
     "get_openvino_qconfig_mapping",
 ]
 
-PRESETS = ("performance", "mixed")
+PRESETS = ("performance", "mixed", "transformer")
 
 # ops OpenVINO computes in float (see backend_config): no qconfig, so no observer is inserted around them
 _FLOAT_OPS: tuple[Any, ...] = (
@@ -138,7 +145,7 @@ class OpenVINOMovingAverageActivationObserver(_SignAwareSymmetricMixin, MovingAv
 def _activation_kwargs(preset: str) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValidationError(f"unknown OpenVINO preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    qscheme = torch.per_tensor_symmetric if preset == "performance" else torch.per_tensor_affine
+    qscheme = torch.per_tensor_symmetric if preset == "performance" else torch.per_tensor_affine  # mixed, transformer
     return {"dtype": torch.uint8, "qscheme": qscheme}
 
 
@@ -169,6 +176,13 @@ def get_openvino_qconfig(
     )
 
 
+# the matmul-like ops the ``transformer`` preset quantizes (NNCF quantizes only the inputs of these)
+_TRANSFORMER_QUANTIZED_OPS: tuple[Any, ...] = (
+    torch.nn.Linear, F.linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, F.conv1d, F.conv2d, F.conv3d,
+    torch.matmul, torch.bmm, operator.matmul, "matmul", "bmm",
+)
+
+
 def _per_tensor_weight(qconfig: QConfig, is_qat: bool, overflow_fix: bool | None) -> QConfig:
     qmin, qmax = _weight_range(overflow_fix)
     kw = {"dtype": torch.int8, "qscheme": torch.per_tensor_symmetric, "quant_min": qmin, "quant_max": qmax}
@@ -192,4 +206,16 @@ def get_openvino_qconfig_mapping(
     )
     for op in _FLOAT_OPS:
         mapping.set_object_type(op, None)
+    if preset == "transformer":
+        return _transformer_mapping(mapping, qconfig)
+    return mapping
+
+
+def _transformer_mapping(default: QConfigMapping, qconfig: QConfig) -> QConfigMapping:
+    """Float by default; matmul-like ops get ``qconfig``, embeddings keep the default's weight-only qconfig."""
+    mapping = QConfigMapping().set_global(None)
+    for op in _TRANSFORMER_QUANTIZED_OPS:
+        mapping.set_object_type(op, qconfig)
+    for op in (torch.nn.Embedding, torch.nn.EmbeddingBag):
+        mapping.set_object_type(op, default.object_type_qconfigs.get(op))
     return mapping

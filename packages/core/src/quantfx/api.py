@@ -75,8 +75,10 @@ def _availability(backend: Backend) -> Availability:
     return result
 
 
-def _require_available(backend: Backend) -> None:
+def _require_available(backend: Backend, lower_options: Mapping[str, Any] | None = None) -> None:
     availability = _availability(backend)
+    if not availability.available and lower_options:
+        availability = backend.availability_for_lowering(lower_options)
     if not availability.available:
         raise BackendUnavailableError(
             f"Backend '{backend.name}' is installed but cannot run here: {availability.reason}"
@@ -195,7 +197,7 @@ def lower(reference_model: GraphModule, backend: str, example_inputs: Any, **opt
     lowering rules; `options` go to the backend's `lower`.
     """
     be = get_backend(backend)
-    _require_available(be)
+    _require_available(be, options)
     return _lower(be, reference_model, _as_example_inputs(example_inputs), options)
 
 
@@ -257,19 +259,22 @@ def quantize(
     qconfig_mapping: QConfigMapping | None = None,
     backend_config: BackendConfig | None = None,
     progress: bool = True,
+    bias_correction: bool | None = None,
     **lower_options: Any,
 ) -> torch.nn.Module:
     """Post-training quantize `model` for `backend` in one call; `model` is left untouched.
 
-    prepare (observers in) -> calibrate over `calibration_data` -> convert to
-    the reference IR -> lower with the backend. Defaults (qconfig mapping,
-    backend config) come from the backend plugin and every extension plugin;
-    `lower_options` go to the backend's `lower`.
+    prepare (observers in) -> calibrate over `calibration_data` -> [bias
+    correction] -> convert to the reference IR -> lower with the backend.
+    Defaults (qconfig mapping, backend config, `bias_correction`) come from the
+    backend plugin and every extension plugin; `lower_options` go to the
+    backend's `lower`. `bias_correction` runs `calibration_data` a second time
+    (quantfx.fx.bias_correction); a one-shot iterator is kept in a list for it.
     """
     pm = get_plugin_manager()
     name = backend if backend is not None else default_backend()
     be = pm.get_backend(name)
-    _require_available(be)
+    _require_available(be, lower_options)
 
     from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
 
@@ -283,6 +288,14 @@ def quantize(
         # which needs eval mode; switch a copy, never the user's model.
         model = copy.deepcopy(model).eval()
     prepared = prepare_fx(model, qconfig_mapping, example_inputs, backend_config=backend_config, backend=name)
+    if bias_correction is None:
+        bias_correction = bool(getattr(be, "bias_correction", False))
+    if bias_correction and iter(calibration_data) is calibration_data:  # a one-shot iterator: keep the batches
+        calibration_data = list(calibration_data)
     calibrate(prepared, calibration_data, progress=progress)
+    if bias_correction:
+        from quantfx.fx.bias_correction import apply_bias_correction
+
+        prepared = apply_bias_correction(prepared, calibration_data, progress=progress)
     reference = convert_to_reference_fx(prepared, backend_config=backend_config)
     return _lower(be, reference, example_inputs, lower_options)

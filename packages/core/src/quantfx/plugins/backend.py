@@ -85,10 +85,20 @@ class Backend(abc.ABC):
     name: str = ""
     description: str = ""
     pip_name: str | None = None
+    #: whether `quantfx.quantize` applies bias correction (quantfx.fx.bias_correction) by default
+    bias_correction: bool = False
 
     def availability(self) -> Availability:
         """Whether this backend can run here; override to probe GPUs, runtimes, ISAs."""
         return Availability.ok()
+
+    def availability_for_lowering(self, options: Mapping[str, Any]) -> Availability:
+        """Whether ``lower(..., **options)`` can run here; by default the same as :meth:`availability`.
+
+        Override when some options avoid what is missing (TensorRT with
+        ``engine=False`` lowers to ONNX Runtime on a machine without a GPU).
+        """
+        return self.availability()
 
     @abc.abstractmethod
     def get_backend_config(self) -> BackendConfig:
@@ -99,7 +109,11 @@ class Backend(abc.ABC):
         """The observers this backend wants by default, for PTQ or (`is_qat`) QAT."""
 
     def get_quantizer(self) -> Any:
-        """The PT2E `Quantizer` that annotates `torch.export` graphs for this backend."""
+        """The PT2E `Quantizer` that annotates `torch.export` graphs for this backend.
+
+        An override may take ``is_qat: bool = False``; ``prepare_qat_pt2e(model, "<name>")``
+        then asks for the QAT variant (fake-quants, conv-bn patterns).
+        """
         raise NotImplementedError(
             f"Backend '{self.name}' provides no PT2E Quantizer; use the FX flow "
             f"(quantfx.quantize or quantfx.quantize_fx.prepare_fx) with this backend, "
