@@ -97,3 +97,25 @@ def test_lower_with_engine_true_raises_when_unavailable(monkeypatch: pytest.Monk
     assert isinstance(onnx_model, OnnxRuntimeModule)
     with torch.no_grad():
         assert torch.allclose(onnx_model(*example), ref(*example), atol=1e-2)
+
+
+def test_quantize_with_engine_false_runs_in_onnxruntime_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The front door accepts the ONNX Runtime route the backend offers; without engine=False it still refuses."""
+    from quantfx.onnx import OnnxRuntimeModule
+    from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
+
+    _fake(monkeypatch, ["tensorrt"], [], "the NVIDIA driver library (libcuda.so.1) is not installed")
+    model, example = MODEL_SUITE["conv_bn_relu"]()
+    calib = list(calibration_data(example, 2))
+    int8 = quantfx.quantize(model, backend="tensorrt", calibration_data=calib, example_inputs=example,
+                            progress=False, engine=False)
+    assert isinstance(int8, OnnxRuntimeModule)
+    prepared = prepare_fx(model, None, example, backend="tensorrt")
+    for batch in calib:
+        prepared(*batch)
+    ref = convert_to_reference_fx(prepared)
+    lowered = quantfx.api.lower(ref, "tensorrt", example, engine=False)
+    with torch.no_grad():
+        assert torch.allclose(lowered(*example), ref(*example), atol=1e-2)
+    with pytest.raises(BackendUnavailableError, match="engine=False"):
+        quantfx.api.lower(ref, "tensorrt", example)

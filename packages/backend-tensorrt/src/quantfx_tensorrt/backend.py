@@ -59,12 +59,19 @@ class TensorRTBackend(Backend):
         if reasons:
             return Availability.unavailable(
                 "; ".join(reasons) + ". The ONNX export still works here: "
-                "quantfx_tensorrt.export_onnx(reference_model, example_inputs, 'model.onnx')",
+                "quantfx_tensorrt.export_onnx(reference_model, example_inputs, 'model.onnx'), or "
+                "quantfx.quantize(..., backend='tensorrt', engine=False) to run the Q/DQ model in ONNX Runtime",
                 missing_packages=missing, gpus=list(probe.names),
             )
         import tensorrt
 
         return Availability.ok(gpus=list(probe.names), tensorrt_version=str(tensorrt.__version__))
+
+    def availability_for_lowering(self, options: Mapping[str, Any]) -> Availability:
+        """``engine=False`` lowers to ONNX Runtime, which needs neither TensorRT nor a GPU."""
+        if options.get("engine") is False:
+            return Availability.ok(route="onnxruntime")
+        return self.availability()
 
     def get_backend_config(self) -> BackendConfig:
         """Conv / linear / matmul / residual add / cat / pooling / layout ops in symmetric int8."""
