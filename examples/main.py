@@ -168,7 +168,8 @@ def main() -> None:
 
     float_ops = getattr(int8_model, "quantfx_float_ops", None)
     print(f"model: EfficientNet-Lite0 (ImageNet weights), {n_eval} held-out crops / flips of scikit-image photos")
-    print(f"prepare + calibrate ({n_calib} images) + convert + lower: {quantize_s:.1f} s")
+    steps = "calibrate + bias correction" if getattr(be, "bias_correction", False) else "calibrate"
+    print(f"prepare + {steps} ({n_calib} images) + convert + lower: {quantize_s:.1f} s")
     print(f"top-1 agreement int8 vs fp32: {agree:.3f}   (fp32 top-1 in int8 top-5: {top5.float().mean().item():.3f})")
     print(f"SQNR int8 vs fp32 logits:     {sqnr(fp32_out, int8_out):.1f} dB")
     if float_ops is not None:
