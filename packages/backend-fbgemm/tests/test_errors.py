@@ -137,7 +137,7 @@ def test_artifact_is_plain_safetensors_with_integer_tensors(tmp_path) -> None:
     low, x, path = _saved(tmp_path)
     with safe_open(str(path), framework="pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
-        assert f.metadata()["format"] == "quantfx-fbgemm/1"
+        assert f.metadata()["format"] == "quantfx-fbgemm/2"
     assert torch.int8 in dtypes and not dtypes & {torch.quint8, torch.qint8, torch.qint32}
     loaded = quantfx.api.get_backend("fbgemm").load(path)
     assert torch.equal(loaded(x), low(x))
@@ -169,6 +169,15 @@ def test_loading_something_else_is_a_clear_error(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(other))
     with pytest.raises(ArtifactError, match="not a quantfx fbgemm/x86 artifact"):
         quantfx.api.get_backend("x86").load(other)
+
+
+def test_loading_the_old_format_names_the_expected_one(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old.safetensors"
+    save_file({"w": torch.zeros(2)}, str(old), metadata={"format": "quantfx-fbgemm/1", "quantfx.graph": "{}"})
+    with pytest.raises(ArtifactError, match=r"format 'quantfx-fbgemm/1', expected 'quantfx-fbgemm/2'.*re-save"):
+        quantfx.api.get_backend("x86").load(old)
 
 
 def test_saving_a_custom_float_module_names_it(tmp_path) -> None:
