@@ -71,6 +71,65 @@ def _output_spec(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> pytree.
     return spec
 
 
+def _fq_constants(fq: Any) -> list[Any] | None:
+    import numpy as np
+
+    values = []
+    for i in range(1, 5):
+        node = fq.input_value(i).get_node()
+        if node.get_type_name() != "Constant":
+            return None
+        values.append(np.asarray(node.get_data()))
+    return values
+
+
+def _drop_requantize_after_pad(ov_model: Any) -> int:
+    """``FakeQuantize -> Pad -> FakeQuantize`` (the same range) -> ``FakeQuantize -> Pad``; returns the count.
+
+    A pad shares its input's quantization parameters, so the reference IR
+    requantizes its output on the very grid its input is on: an exact no-op
+    (the pad constant 0 is on the grid), but the second FakeQuantize sits
+    between the Pad and the convolution, which stops OpenVINO fusing the
+    Pad into the convolution's padding. Measured on EfficientNet-Lite0
+    (``Conv2dStaticSamePadding``): 5 extra ``Pad`` nodes and 5 ``Reorder``
+    nodes at run time, and an i8 -> u8 requantize after the stem's pad, none
+    of which NNCF's model has; without the second FakeQuantize the runtime
+    graph matches NNCF's node for node and the outputs are bit-identical.
+    """
+    import numpy as np
+
+    dropped = 0
+    for pad in ov_model.get_ordered_ops():
+        if pad.get_type_name() != "Pad" or pad.get_output_size() != 1:
+            continue
+        src = pad.input_value(0).get_node()
+        users = list(pad.output(0).get_target_inputs())
+        if src.get_type_name() != "FakeQuantize" or len(users) != 1:
+            continue
+        fq = users[0].get_node()
+        if fq.get_type_name() != "FakeQuantize" or fq.get_levels() != src.get_levels():
+            continue
+        if fq.get_output_element_type(0) != pad.get_output_element_type(0):
+            continue
+        a, b = _fq_constants(src), _fq_constants(fq)
+        if a is None or b is None or not all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b)):
+            continue
+        if pad.get_input_size() > 3:  # an explicit pad value: only 0 is surely on the grid
+            value = pad.input_value(3).get_node()
+            if value.get_type_name() != "Constant" or np.any(np.asarray(value.get_data()) != 0):
+                continue
+        if str(pad.get_pad_mode()).lower().split(".")[-1] != "constant":
+            continue
+        if any(t.get_node().get_type_name() == "Result" for t in fq.output(0).get_target_inputs()):
+            continue  # keep the model's output tensors (and their names) as they are
+        for target in list(fq.output(0).get_target_inputs()):
+            target.replace_source_output(pad.output(0))
+        dropped += 1
+    if dropped:
+        ov_model.validate_nodes_and_infer_types()
+    return dropped
+
+
 def to_openvino_model(
     reference_model: fx.GraphModule,
     example_inputs: tuple[Any, ...],
@@ -130,6 +189,7 @@ def to_openvino_model(
                 f"{type(exc).__name__}: {exc}. Try capture={'export' if capture == 'torchscript' else 'torchscript'!r}, "
                 "or keep the failing op in float with QConfigMapping.set_object_type(op, None)"
             ) from exc
+    _drop_requantize_after_pad(ov_model)
     if len(ov_model.outputs) != spec.num_leaves:
         raise LoweringError(
             f"openvino: the converted model has {len(ov_model.outputs)} outputs, the reference model "
