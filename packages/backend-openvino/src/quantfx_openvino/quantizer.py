@@ -24,7 +24,6 @@ and the other activations stay float, as in ``backend_config``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -32,8 +31,6 @@ import torch
 
 from quantfx.fake_quantize import FakeQuantize
 from quantfx.observers import (
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
 )
@@ -81,18 +78,6 @@ def _openvino_config(preset: str, is_qat: bool, weight_range: tuple[int, int]) -
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 
 
-@functools.lru_cache
-def _per_tensor_weight(config: QuantizationConfig) -> QuantizationConfig:
-    weight = config.weight
-    if weight is None or weight.qscheme != torch.per_channel_symmetric:
-        return config
-    ctr: Any = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if config.is_qat else MinMaxObserver
-    per_tensor = dataclasses.replace(
-        weight, qscheme=torch.per_tensor_symmetric, ch_axis=None, observer_or_fake_quant_ctr=ctr
-    )
-    return dataclasses.replace(config, weight=per_tensor)
-
-
 class OpenVINOQuantizer(PatternQuantizer):
     """PT2E quantizer for OpenVINO; configurable per region (global / operator type / module type / module name).
 
@@ -119,11 +104,8 @@ class OpenVINOQuantizer(PatternQuantizer):
         "mul",
         "cat",
     ]
+    PER_TENSOR_WEIGHT_ANNOTATORS: ClassVar[tuple[str, ...]] = ("conv_transpose",)  # no per-channel transposed conv
     DYNAMIC_OPS: ClassVar[list[str]] = []  # OpenVINO's CPU plugin quantizes fully connected layers dynamically itself
-
-    def config_for_annotator(self, name: str, config: QuantizationConfig) -> QuantizationConfig | None:
-        """Per-tensor weights for transposed convolutions, the config as given elsewhere."""
-        return _per_tensor_weight(config) if name.startswith("conv_transpose") else config
 
 
 class OpenVINOTransformerQuantizer(OpenVINOQuantizer):

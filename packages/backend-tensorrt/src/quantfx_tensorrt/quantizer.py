@@ -21,7 +21,6 @@ the next Q. Dynamic quantization is not offered (TensorRT has none for int8).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -74,15 +73,6 @@ def _tensorrt_config(is_qat: bool, per_channel: bool) -> QuantizationConfig:
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 
 
-@functools.lru_cache
-def _per_tensor_weight(config: QuantizationConfig) -> QuantizationConfig:
-    if config.weight is None or config.weight.qscheme != torch.per_channel_symmetric:
-        return config
-    ctr: Any = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if config.is_qat else MinMaxObserver
-    weight = dataclasses.replace(config.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None, observer_or_fake_quant_ctr=ctr)
-    return dataclasses.replace(config, weight=weight)
-
-
 class TensorRTQuantizer(PatternQuantizer):
     """PT2E quantizer for TensorRT; configurable per region (global / operator type / module type / module name).
 
@@ -107,13 +97,10 @@ class TensorRTQuantizer(PatternQuantizer):
         "add",
         "cat",
     ]
+    PER_TENSOR_WEIGHT_ANNOTATORS: ClassVar[tuple[str, ...]] = ("conv_transpose",)  # no per-channel transposed conv
     #: padding shares its input's qparams, as ``F.pad`` / ``nn.ZeroPad2d`` do in the FX config
     SHARE_QPARAMS_OPS: ClassVar[frozenset] = SHARE_QPARAMS_OPS | PAD_OPS
     DYNAMIC_OPS: ClassVar[list[str]] = []
-
-    def config_for_annotator(self, name: str, config: QuantizationConfig) -> QuantizationConfig | None:
-        """Per-tensor weights for transposed convolutions, the config as given elsewhere."""
-        return _per_tensor_weight(config) if name.startswith("conv_transpose") else config
 
 
 def get_tensorrt_quantizer(*, is_qat: bool = False) -> TensorRTQuantizer:

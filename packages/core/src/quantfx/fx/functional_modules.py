@@ -97,11 +97,10 @@ def _module_path(gm: GraphModule, owner: str, kind: type[nn.Module]) -> str:
     """Where the new module goes: the owner's own path when nothing else lives there, else a fresh child path."""
     if owner and _is_empty_container(gm.get_submodule(owner)):
         return owner
-    taken = {name for name, _ in gm.named_modules()}
     leaf = "linear" if kind is nn.Linear else "conv"
     base = f"{owner}.{leaf}" if owner else leaf
     path, i = base, 1
-    while path in taken or _has_attr_path(gm, path):
+    while _has_attr_path(gm, path):
         path, i = f"{base}_{i}", i + 1
     return path
 
@@ -138,21 +137,25 @@ def _symmetric_zero_padding(gm: GraphModule, node: Any, spatial_dims: int) -> tu
     return tuple(before for before, _ in pairs)
 
 
-def _fold_padding(gm: GraphModule, kind: type[nn.Module], args: dict[str, Any]) -> None:
-    """Move a symmetric zero pad in front of the conv into the conv's ``padding`` (same result, one op less)."""
+def _fold_padding(gm: GraphModule, kind: type[nn.Module], args: dict[str, Any]) -> Node | None:
+    """Move a symmetric zero pad in front of the conv into the conv's ``padding`` (same result, one op less).
+
+    Updates ``args`` and returns the pad node the caller must erase, or None.
+    """
     spatial = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(kind)
     if spatial is None:
-        return
+        return None
     padding = args.get("padding", 0)
     padding = (padding,) * spatial if isinstance(padding, int) else padding
     if isinstance(padding, str) or any(p != 0 for p in padding):
-        return
+        return None
     folded = _symmetric_zero_padding(gm, args["input"], spatial)
     if folded is not None:
         pad_node = args["input"]
         args["input"] = pad_node.args[0]
         args["padding"] = folded
-        args["_erase"] = pad_node
+        return pad_node
+    return None
 
 
 def _parameter(gm: GraphModule, target: str) -> nn.Parameter | None:
@@ -181,7 +184,7 @@ def _install(gm: GraphModule, path: str, module: nn.Module) -> None:
     parent.add_module(name, module)
 
 
-def _build_module(kind: type[nn.Module], args: dict[str, Any], weight: torch.Tensor, bias: Any) -> nn.Module | None:
+def _build_module(kind: type[nn.Module], args: dict[str, Any], weight: torch.Tensor, bias: Any) -> nn.Module:
     """A plain module computing ``F.<kind>(x, weight, bias, **args)`` with the given parameter objects."""
     with torch.device("meta"):
         if kind is nn.Linear:
@@ -244,11 +247,8 @@ def restore_module_calls(gm: GraphModule, root: nn.Module, node_name_to_scope: d
             continue
         if kind is not nn.Linear and weight.dim() != {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}[kind]:
             continue
-        _fold_padding(gm, kind, args)
-        pad_node = args.pop("_erase", None)
+        pad_node = _fold_padding(gm, kind, args)
         module = _build_module(kind, args, weight, bias)
-        if module is None:
-            continue
         module.train(original.training)
         with gm.graph.inserting_before(node):
             call = gm.graph.create_node("call_module", owner, (args["input"],), {})

@@ -20,6 +20,8 @@ Precedence (most specific first, as torchao's ``X86InductorQuantizer``):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -27,6 +29,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from quantfx.errors import ValidationError
+from quantfx.fake_quantize import FakeQuantize
+from quantfx.observers import MinMaxObserver, MovingAverageMinMaxObserver
 from quantfx.quantizer.annotators import (
     ANNOTATORS,
     BATCH_NORM_OPS,
@@ -39,13 +43,24 @@ from quantfx.quantizer.annotators import (
 from quantfx.quantizer.quantizer import Q_ANNOTATION_KEY, Quantizer
 from quantfx.quantizer.utils import get_module_name_filter, get_module_type_filter
 
-__all__ = ["PatternQuantizer", "OperatorType", "get_operator_type_filter"]
+__all__ = ["PatternQuantizer", "OperatorType", "get_operator_type_filter", "per_tensor_weight_config"]
 
 #: An aten operator: ``torch.ops.aten.linear`` (every overload), ``torch.ops.aten.linear.default``, or ``"linear"``.
 OperatorType = Any
 
 # ops an annotator fuses after the op it is anchored on (conv -> bn -> relu): they belong to that op's region
 _FUSED_TAIL_OPS = RELU_LIKE_OPS | BATCH_NORM_OPS
+
+
+@functools.lru_cache  # one object per config, so annotations made from it compare equal
+def per_tensor_weight_config(config: QuantizationConfig) -> QuantizationConfig:
+    """``config`` with a per-channel symmetric weight made per tensor (min/max, or its QAT fake-quant)."""
+    weight = config.weight
+    if weight is None or weight.qscheme != torch.per_channel_symmetric:
+        return config
+    ctr: Any = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if config.is_qat else MinMaxObserver
+    per_tensor = dataclasses.replace(weight, qscheme=torch.per_tensor_symmetric, ch_axis=None, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, weight=per_tensor)
 
 
 def _operator_matcher(operator: OperatorType) -> tuple[Callable[[Any], bool], str]:
@@ -106,6 +121,9 @@ class PatternQuantizer(Quantizer):
     STATIC_OPS: ClassVar[list[str]] = []
     DYNAMIC_OPS: ClassVar[list[str]] = ["dynamic_linear"]
     SHARE_QPARAMS_OPS: ClassVar[frozenset] = SHARE_QPARAMS_OPS
+    #: annotator name prefixes whose weights are quantized per tensor (e.g. ``("conv_transpose",)`` where the
+    #: runtime has no per-channel transposed conv)
+    PER_TENSOR_WEIGHT_ANNOTATORS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, global_config: QuantizationConfig | None = None) -> None:
         super().__init__()
@@ -161,7 +179,13 @@ class PatternQuantizer(Quantizer):
         return names + list(self.STATIC_OPS)
 
     def config_for_annotator(self, name: str, config: QuantizationConfig) -> QuantizationConfig | None:
-        """The config annotator ``name`` applies where ``config`` was chosen; default: ``config`` itself."""
+        """The config annotator ``name`` applies where ``config`` was chosen.
+
+        Default: ``config`` itself, with per-tensor weights for annotators named
+        in ``PER_TENSOR_WEIGHT_ANNOTATORS`` (by prefix).
+        """
+        if self.PER_TENSOR_WEIGHT_ANNOTATORS and name.startswith(self.PER_TENSOR_WEIGHT_ANNOTATORS):
+            return per_tensor_weight_config(config)
         return config
 
     def _annotate_all(self, model: GraphModule, config: QuantizationConfig | None, filter_fn: Callable[[Node], bool]) -> None:
