@@ -43,8 +43,7 @@ from quantfx.quantizer import (
     get_symmetric_quantization_config,
 )
 from quantfx.testing.metrics import sqnr
-from quantfx.testing.models import MODEL_SUITE, calibration_data
-from torch import nn
+from quantfx.testing.models import MODEL_SUITE, ShapeDependent, calibration_data
 
 aten = torch.ops.aten
 q = torch.ops.quantfx
@@ -78,23 +77,6 @@ def _calls(gm, targets) -> list[torch.fx.Node]:
 
 def _observer_modules(gm) -> dict[str, torch.nn.Module]:
     return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module" and not n.target.startswith("_guards")}
-
-
-class ShapeDependent(nn.Module):
-    """Python control flow on a tensor shape: torch.fx.symbolic_trace fails, torch.export specializes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.conv(x))
-        if y.shape[-1] % 2 == 0:
-            y = F.max_pool2d(y, 2)
-        y = y.flatten(2).mean(-1)
-        pos = torch.arange(y.shape[-1], dtype=y.dtype) / y.shape[-1]
-        return self.fc(y + pos)
 
 
 # --------------------------------------------------------------------------- prepare

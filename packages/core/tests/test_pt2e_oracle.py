@@ -25,7 +25,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from quantfx.quantize_pt2e import (
     convert_pt2e,
     move_exported_model_to_eval,
@@ -34,7 +33,7 @@ from quantfx.quantize_pt2e import (
 )
 from quantfx.quantizer import SymmetricQuantizer, get_symmetric_quantization_config
 from quantfx.testing.metrics import flatten_outputs, sqnr
-from quantfx.testing.models import MODEL_SUITE, calibration_data
+from quantfx.testing.models import MODEL_SUITE, ShapeDependent, calibration_data
 from torch import nn
 
 with warnings.catch_warnings():
@@ -65,23 +64,6 @@ class _XnnpackEquivalent(SymmetricQuantizer):
     """SymmetricQuantizer without its ReLU6 / Hardtanh fusions: annotates exactly what XNNPACKQuantizer does."""
 
     STATIC_OPS = [op for op in SymmetricQuantizer.STATIC_OPS if not op.endswith("_hardtanh")]
-
-
-class ShapeDependent(nn.Module):
-    """Python control flow on a tensor shape: torch.fx.symbolic_trace fails, torch.export specializes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.conv(x))
-        if y.shape[-1] % 2 == 0:
-            y = F.max_pool2d(y, 2)
-        y = y.flatten(2).mean(-1)
-        pos = torch.arange(y.shape[-1], dtype=y.dtype) / y.shape[-1]
-        return self.fc(y + pos)
 
 
 def _shape_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

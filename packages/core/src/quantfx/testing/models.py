@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "MODEL_SUITE",
     "ResNet18",
+    "ShapeDependent",
     "ModelFactory",
     "calibration_data",
     "conv_bn_relu",
@@ -511,3 +512,23 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(self.pool(self.layers(x)), 1))
+
+
+class ShapeDependent(nn.Module):
+    """Python control flow on a tensor shape: torch.fx.symbolic_trace fails, torch.export specializes it.
+
+    The PT2E tests' model for "a model symbolic_trace cannot trace but torch.export can".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        if y.shape[-1] % 2 == 0:
+            y = F.max_pool2d(y, 2)
+        y = y.flatten(2).mean(-1)
+        pos = torch.arange(y.shape[-1], dtype=y.dtype) / y.shape[-1]
+        return self.fc(y + pos)
