@@ -260,6 +260,7 @@ def quantize(
     backend_config: BackendConfig | None = None,
     progress: bool = True,
     bias_correction: bool | None = None,
+    float_outputs: bool | None = None,
     **lower_options: Any,
 ) -> torch.nn.Module:
     """Post-training quantize `model` for `backend` in one call; `model` is left untouched.
@@ -270,6 +271,8 @@ def quantize(
     backend plugin and every extension plugin; `lower_options` go to the
     backend's `lower`. `bias_correction` runs `calibration_data` a second time
     (quantfx.fx.bias_correction); a one-shot iterator is kept in a list for it.
+    `float_outputs` leaves the model's outputs unrounded: the last op still
+    runs in int8 but its result is not quantized (quantfx.fx.float_outputs).
     """
     pm = get_plugin_manager()
     name = backend if backend is not None else default_backend()
@@ -298,4 +301,10 @@ def quantize(
 
         prepared = apply_bias_correction(prepared, calibration_data, progress=progress)
     reference = convert_to_reference_fx(prepared, backend_config=backend_config)
+    if float_outputs is None:
+        float_outputs = bool(getattr(be, "float_outputs", False))
+    if float_outputs:
+        from quantfx.fx.float_outputs import keep_outputs_float
+
+        keep_outputs_float(reference)
     return _lower(be, reference, example_inputs, lower_options)

@@ -87,6 +87,9 @@ class Backend(abc.ABC):
     pip_name: str | None = None
     #: whether `quantfx.quantize` applies bias correction (quantfx.fx.bias_correction) by default
     bias_correction: bool = False
+    #: whether `quantfx.quantize` leaves model outputs float (quantfx.fx.float_outputs) by default: set it
+    #: where the int8 kernels return float anyway, so rounding the last op's output only costs accuracy
+    float_outputs: bool = False
 
     def availability(self) -> Availability:
         """Whether this backend can run here; override to probe GPUs, runtimes, ISAs."""
