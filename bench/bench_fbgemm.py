@@ -20,6 +20,8 @@ fbgemm recipe -- on both sides).
 
     python bench/bench_fbgemm.py               # ~8 min on 2 idle cores; 19 min measured with loadavg 6-9
     python bench/bench_fbgemm.py --quick       # fewer repeats, skips the encoder at batch 8
+    python bench/bench_fbgemm.py --models encoder --skip-load   # the encoder only (~20 s)
+    python bench/bench_fbgemm.py --dynamic-linear-ops          # one dynamic Linear per route (~30 s)
 """
 
 from __future__ import annotations
@@ -306,6 +308,48 @@ def bench_threads_under_load(quick: bool) -> list[dict]:
     return results
 
 
+# -- dynamic Linear per op: the two kernel routes quantfx_fbgemm can take
+
+
+DYN_SHAPES = ((256, 768, False, "q/k/v merged"), (256, 256, False, "q/k/v or out"), (256, 1024, True, "ff1 + relu"),
+              (1024, 256, False, "ff2"))
+
+
+def bench_dynamic_linear_ops(threads: tuple[int, ...] = (1, 2), rows_m: tuple[int, ...] = (1, 128, 1024)) -> list[dict]:
+    """us per call of one dynamic int8 Linear (float in, float out) on each route, interleaved.
+
+    fbgemm: ``quantized::linear_dynamic`` (activation quantization fused in the kernel);
+    onednn: ``int_ops.dynamic_quantize`` (bit-exact with the reference chain) + ``onednn.qlinear_pointwise``
+    (the fallback route). Full 8-bit activations on both.
+    M = 128 / 1024 are the encoder's batch 1 / 8 at seq 128.
+    """
+    from quantfx_fbgemm import int_ops, kernels
+
+    out = []
+    for nt in threads:
+        torch.set_num_threads(nt)
+        for m in rows_m:
+            for k, n, relu, what in DYN_SHAPES:
+                gen = torch.Generator().manual_seed(0)
+                w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+                lin = kernels.PackedLinear(w, torch.full((n,), 0.003), torch.randn(n, generator=gen),
+                                           output_dtype=torch.float32, post_op="relu" if relu else None)
+                x = torch.randn(m, k, generator=gen)
+                dyn = int_ops.DynamicLinear(lin, False)
+                fns = {"onednn": lambda dyn=dyn, x=x: dyn(int_ops.dynamic_quantize(x, 0, 255, 1.1920929e-07))}
+                if kernels.fbgemm_dynamic_available():
+                    fns["fbgemm"] = lambda lin=lin, x=x: lin.forward_dynamic_fbgemm(x, False)
+                budget = 0.3 if m < 1024 else 0.8
+                with torch.no_grad():
+                    res = {k2: v * 1e3 for k2, v in time_round_robin(fns, budget, min_reps=15).items()}
+                row = {"threads": nt, "M": m, "K": k, "N": n, "op": what, **res, "load": load_average()}
+                out.append(row)
+                print(f"  threads {nt} M {m:5d} {k:4d}->{n:4d} ({what:13s}) onednn {res['onednn']:8.1f} us  "
+                      f"fbgemm {res.get('fbgemm', float('nan')):8.1f} us  onednn/fbgemm "
+                      f"{_r(res['onednn'], res.get('fbgemm', float('nan')))}  (loadavg {row['load']:.1f})", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -356,6 +400,8 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,efficientnet,encoder")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-load", action="store_true", help="skip the threads-under-load experiment")
+    parser.add_argument("--dynamic-linear-ops", action="store_true",
+                        help="only time one dynamic int8 Linear per route (fbgemm vs oneDNN) on the encoder's shapes")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"),
                         help="folder for fbgemm.md / fbgemm.json ('' to skip writing)")
     args = parser.parse_args()
@@ -367,6 +413,9 @@ def main() -> None:
     header = (f"torch {torch.__version__}, CPU ISA {kernels.cpu_isa()} (VNNI: {kernels.has_vnni()}), "
               f"{os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
               f"loadavg at start {load_average():.1f}")
+    if args.dynamic_linear_ops:
+        bench_dynamic_linear_ops()
+        return
     start = time.time()
     rows, convert_rows = bench_latency(args.models.split(","), args.quick)
     load_rows = [] if args.skip_load else bench_threads_under_load(args.quick)

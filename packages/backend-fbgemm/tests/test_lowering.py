@@ -110,38 +110,6 @@ def test_dynamic_linear_runs_the_int8_kernel() -> None:
     assert sqnr(model(*example_inputs), low(*example_inputs)) > 30.0
 
 
-def test_dynamic_linears_share_one_quantization_and_fuse_relu() -> None:
-    """q / k / v read one tensor: it is quantized once; ff1's ReLU runs in the kernel epilogue."""
-    model, example_inputs = MODEL_SUITE["transformer_block"]()
-    prepared = prepare_fx(model, get_dynamic_qconfig_mapping("x86"), example_inputs, backend="x86")
-    ref = convert_to_reference_fx(prepared)
-    low = _lower(ref, example_inputs)
-    modules = dict(low.named_modules())
-    dyn_nodes = [n for n in low.graph.nodes if isinstance(modules.get(n.target), int_ops.DynamicLinear)]
-    quants = [n for n in low.graph.nodes if n.target is int_ops.dynamic_quantize]
-    assert len(quants) == 4  # x (q, k, v), ctx (out), norm1 (ff1), relu(ff1) (ff2)
-    # q / k / v: one GEMM on the concatenated weights, sliced back into three outputs
-    assert len(dyn_nodes) == 4
-    merged = [n for n in dyn_nodes if modules[n.target].linear.out_features == 3 * 32]
-    assert len(merged) == 1
-    assert [u.target for u in merged[0].users] == [torch.narrow] * 3
-    relu_fused = [n for n in dyn_nodes if modules[n.target].linear.post_op.name == "relu"]
-    assert len(relu_fused) == 1
-    assert not any(isinstance(m, nn.ReLU) for m in low.modules())
-    with torch.no_grad():
-        assert sqnr(ref(*example_inputs), low(*example_inputs)) > 30.0
-        # the merged GEMM is bit-identical to one GEMM per linear
-        ref_mods = dict(ref.named_modules())
-        xq = int_ops.dynamic_quantize(torch.randn(2, 8, 32), 0, 255, 1e-7)
-        got = modules[merged[0].target](xq)
-        for i, name in enumerate(["q", "k", "v"]):
-            r = next(m for n, m in ref_mods.items() if n.endswith(f".{name}") or n == name)
-            alone = int_ops.DynamicLinear(
-                kernels.PackedLinear(r.weight_int, r.weight_scale, r.bias, output_dtype=torch.float32), False
-            )
-            assert torch.equal(got[..., 32 * i: 32 * (i + 1)], alone(xq))
-
-
 class _TwoHeads(nn.Module):
     def __init__(self) -> None:
         super().__init__()

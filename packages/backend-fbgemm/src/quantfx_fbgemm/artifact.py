@@ -5,8 +5,9 @@ layout and the allow-list); this module adds what is fbgemm-specific:
 
 * the allow-list gains ``quantfx_fbgemm`` (its modules, kernels and
   dataclasses such as ``PostOp``);
-* opaque oneDNN packing (``_packed``) is saved as ``None`` and rebuilt on first
-  call, so outputs are bit-exact with the model that was saved;
+* opaque packed weights (oneDNN ``_packed``, FBGEMM ``_packed_fbgemm``) are saved
+  as ``None`` and rebuilt from the stored int8 weights + scales on first call, so
+  outputs are bit-exact with the model that was saved;
 * the backend name, float fallbacks and ``LoweringReport`` travel as extra
   metadata; loading warns again when the report says this CPU will saturate.
 
@@ -36,7 +37,7 @@ __all__ = ["FORMAT", "ArtifactError", "load", "save"]
 FORMAT = "quantfx-fbgemm/2"
 _OLD_FORMATS = ("quantfx-fbgemm/1",)
 _ALLOWED = ("quantfx_fbgemm",)
-_TRANSIENT = ("_packed",)
+_TRANSIENT = ("_packed", "_packed_fbgemm")
 
 
 def save(lowered: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -5,7 +5,8 @@ quantize / dequantize nodes. This pass, on a copy, turns each quantized region
 into integer work on plain uint8 tensors:
 
 1. dynamic ``choose_qparams -> quantize -> dequantize -> Linear`` chains
-   become :class:`~quantfx_fbgemm.int_ops.DynamicLinear`;
+   become :class:`~quantfx_fbgemm.int_ops.DynamicLinear` (FBGEMM's fused
+   ``quantized::linear_dynamic`` where torch has it, else oneDNN);
 2. ``dq -> conv / linear -> [relu | relu6 | hardtanh] -> q`` becomes one
    :class:`~quantfx_fbgemm.kernels.PackedConv` / ``PackedLinear`` call (the
    activation, and the clamp to a 7-bit output range, fused as a post-op); a
@@ -207,11 +208,21 @@ class _Lowering:
     # -------------------------------------------------------------- 1. dynamic linear
 
     def dynamic_linear(self) -> None:
-        """``choose_qparams -> quantize -> dequantize -> Linear [-> relu]`` -> one shared
-        :func:`~quantfx_fbgemm.int_ops.dynamic_quantize` per quantized tensor + a
-        :class:`~quantfx_fbgemm.int_ops.DynamicLinear` per linear (relu in its epilogue)."""
+        """``choose_qparams -> quantize -> dequantize -> Linear [-> relu]`` -> :class:`~quantfx_fbgemm.int_ops.DynamicLinear`.
+
+        Route per linear (measured in docs/backends/fbgemm-kernels.md): FBGEMM's
+        ``quantized::linear_dynamic`` reading the float tensor (activation
+        quantization fused into the GEMM) when :func:`kernels.fbgemm_dynamic_available`
+        and the chain's range is one FBGEMM computes exactly here (uint8 0..127, or
+        0..255 where FBGEMM's kernels do not saturate);
+        otherwise one shared :func:`~quantfx_fbgemm.int_ops.dynamic_quantize` per
+        quantized tensor + the oneDNN kernel. A following ReLU goes into the kernel either way.
+        """
         modules = self.modules
         reduce_range = kernels.needs_reduce_range(self.isa)
+        fbgemm = kernels.fbgemm_dynamic_available()
+        # FBGEMM has no AVX-VNNI kernels: on such a CPU it saturates 8-bit activations where oneDNN does not
+        fbgemm_8bit_ok = not kernels.needs_reduce_range(route="fbgemm")
         shared: dict[Node, Node] = {}  # quantize node -> its dynamic_quantize replacement
         for node in list(self.graph.nodes):
             if node.op != "call_module" or type(modules.get(node.target)) is not nnqr.Linear:
@@ -232,12 +243,13 @@ class _Lowering:
                 continue
             x = qt.args[0]
             chooser = self._dynamic_chooser(qt)
-            if qt not in shared:
-                if chooser is not None and qt.args[5] == torch.uint8:
-                    qmin, qmax = (0, 127) if reduce_range else (int(qt.args[3]), int(qt.args[4]))
-                    eps = float(chooser.args[3])
-                else:  # qparams not from choose_qparams_per_tensor: use the backend's own choice
-                    (qmin, qmax), eps = kernels.activation_quant_range(reduce_range), int_ops._F32_EPS
+            if chooser is not None and qt.args[5] == torch.uint8:
+                qmin, qmax = (0, 127) if reduce_range else (int(qt.args[3]), int(qt.args[4]))
+                eps = float(chooser.args[3])
+            else:  # qparams not from choose_qparams_per_tensor: use the backend's own choice
+                (qmin, qmax), eps = kernels.activation_quant_range(reduce_range), int_ops._F32_EPS
+            use_fbgemm = fbgemm and qmin == 0 and (qmax == 127 or (qmax == 255 and fbgemm_8bit_ok))
+            if not use_fbgemm and qt not in shared:
                 with self.graph.inserting_before(qt):
                     shared[qt] = self.graph.call_function(int_ops.dynamic_quantize, (x, qmin, qmax, eps))
             relu = self._sole_relu_user(node, modules)
@@ -245,35 +257,43 @@ class _Lowering:
                 mod.weight_int, mod.weight_scale, mod.bias, output_dtype=torch.float32,
                 post_op="relu" if relu is not None else None,
             )
-            name = self._add_module(node.target, int_ops.DynamicLinear(packed, reduce_range))
+            name = self._add_module(node.target, int_ops.DynamicLinear(packed, qmax == 127))
             with self.graph.inserting_before(node):
-                new = self.graph.call_module(name, (shared[qt],))
+                new = self.graph.call_module(name, (x if use_fbgemm else shared[qt],))
             if relu is not None:
                 relu.replace_all_uses_with(new)
                 self.graph.erase_node(relu)
             node.replace_all_uses_with(new)
             _erase_dead(self.graph, [node, dq])
-            self.report.int8.append(
-                (node.name, f"DynamicLinear (onednn.qlinear_pointwise{', relu fused' if relu is not None else ''})")
-            )
-        for qt in shared:  # the reference's choose_qparams / quantize chains, now unused
+            kernel = "fbgemm quantized.linear_relu_dynamic" if relu is not None else "fbgemm quantized.linear_dynamic"
+            if not use_fbgemm:
+                kernel = f"onednn.qlinear_pointwise{', relu fused' if relu is not None else ''}"
+            self.report.int8.append((node.name, f"DynamicLinear ({kernel})"))
+        # the reference's choose_qparams / quantize chains, now unused
+        for qt in [n for n in self.graph.nodes if n.target == _q.quantize_per_tensor_tensor.default and not n.users]:
             chain = [qt, *[a for a in qt.args[1:3] if isinstance(a, Node)]]
             chain += [a.args[0] for a in qt.args[1:3] if isinstance(a, Node) and a.target is operator.getitem]
             _erase_dead(self.graph, chain)
 
     def merge_sibling_dynamic_linears(self) -> None:
-        """Dynamic linears reading one quantized tensor (q / k / v) -> one GEMM on the concatenated weights.
+        """Dynamic linears reading one tensor (q / k / v) -> one GEMM on the concatenated weights.
 
-        One oneDNN call instead of several saves its per-call overhead (measured: q/k/v of
-        a d=256 encoder at seq 128, 152 vs 202 us); each output is a ``torch.narrow`` view of
-        the merged result, bit-identical to the separate GEMMs (int32 accumulation, per-channel
-        epilogue). Skipped when an output could be hurt by being a strided view (``view``,
-        in-place methods, graph output).
+        One kernel call instead of several saves its per-call overhead and, on the
+        FBGEMM route, quantizing the shared input more than once (measured, d=256, seq 128,
+        1 thread: oneDNN 152 vs 202 us; FBGEMM 178 vs 210 us at batch 1, 1297 vs 1360 us at
+        batch 8). Each output is a ``torch.narrow`` view of the merged result, bit-identical
+        to the separate GEMMs (int32 accumulation, per-channel epilogue; the FBGEMM route
+        packs the merged weight per channel). Skipped when an output could be hurt by being
+        a strided view (``view``, in-place methods, graph output).
         """
         modules = self.modules
-        for dq in [n for n in self.graph.nodes if n.target is int_ops.dynamic_quantize]:
-            group = [u for u in dq.users if u.op == "call_module" and isinstance(modules.get(u.target), int_ops.DynamicLinear)
-                     and u.args == (dq,) and not u.kwargs]
+        sources = {n.args[0] for n in self.graph.nodes
+                   if n.op == "call_module" and isinstance(modules.get(n.target), int_ops.DynamicLinear)
+                   and len(n.args) == 1 and isinstance(n.args[0], Node)}
+        order = {n: i for i, n in enumerate(self.graph.nodes)}
+        for src in sorted(sources, key=lambda n: order[n]):
+            group = [u for u in src.users if u.op == "call_module" and isinstance(modules.get(u.target), int_ops.DynamicLinear)
+                     and u.args == (src,) and not u.kwargs]
             if len(group) < 2:
                 continue
             lins = [modules[u.target] for u in group]
@@ -284,7 +304,6 @@ class _Lowering:
                 continue
             if not all(self._strided_view_ok(u) for u in group):
                 continue
-            order = {n: i for i, n in enumerate(self.graph.nodes)}
             group.sort(key=lambda n: order[n])
             lins = [modules[u.target] for u in group]
             biases = [m.linear.bias if m.linear.bias is not None else torch.zeros(m.linear.out_features) for m in lins]
@@ -296,7 +315,7 @@ class _Lowering:
             name = self._add_module(_merged_name([str(u.target) for u in group]),
                                     int_ops.DynamicLinear(merged, first.reduce_range))
             with self.graph.inserting_before(group[0]):
-                out = self.graph.call_module(name, (dq,))
+                out = self.graph.call_module(name, (src,))
             offset = 0
             for u, m in zip(group, lins):
                 with self.graph.inserting_after(out):
