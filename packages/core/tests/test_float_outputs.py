@@ -108,11 +108,48 @@ def test_tuple_outputs_and_a_shared_quantize() -> None:
     assert (fb - rb).abs().max() > 0
 
 
-def test_float_output_graph_is_left_alone() -> None:
-    """Nothing quantized at the output (softmax kept float): no rewrite, no recompile."""
+class FloatNormBetween(nn.Module):
+    """``a`` is read by a float LayerNorm and by the quantized ``c``; the norm feeds the quantized ``b``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16)
+        self.b = nn.Linear(16, 4)
+        self.c = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.a(x)
+        return self.b(self.norm(a)), self.c(a)
+
+
+def _reader_input(reference: torch.fx.GraphModule, target: str) -> torch.fx.Node:
+    return next(n for n in reference.graph.nodes if n.op == "call_module" and n.target == target).args[0]
+
+
+def test_float_readers_get_the_unrounded_value_quantized_readers_the_rounded_one() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16)
+    qmap = quantfx.get_default_qconfig_mapping("reference").set_object_type(nn.LayerNorm, None)
+    reference = _reference(FloatNormBetween(), x, qmap)
+    assert _reader_input(reference, "norm").target == _DQ
+
+    kept = keep_outputs_float(reference)
+
+    assert set(kept) == {"a", "b", "c"}
+    assert _reader_input(reference, "norm").target == "a"  # float LayerNorm reads the linear directly
+    for quantized_reader in ("b", "c"):  # still int8 inputs: b reads the norm's output quantized, c reads a's
+        dq = _reader_input(reference, quantized_reader)
+        assert dq.target == _DQ and dq.args[0].target == _Q
+    assert _reader_input(reference, "c").args[0].args[0].target == "a"
+    with torch.no_grad():
+        reference(x)
+
+
+def test_unquantized_graph_is_left_alone() -> None:
+    """Nothing quantized (global qconfig None): no rewrite, no recompile."""
     model = nn.Sequential(nn.Linear(8, 8), nn.Softmax(dim=-1))
-    qmap = quantfx.get_default_qconfig_mapping("reference").set_object_type(nn.Softmax, None)
-    reference = _reference(model, torch.randn(2, 8), qmap)
+    reference = _reference(model, torch.randn(2, 8), quantfx.QConfigMapping())
     code = reference.code
 
     assert keep_outputs_float(reference) == []

@@ -1,20 +1,22 @@
-"""Leave a reference model's outputs in float: drop the quantize -> dequantize pair right before the output.
+"""Round an int8 op's result only where an int8 op reads it: model outputs and float ops get it unrounded.
 
 FX graph mode quantization (and torch.ao's convert) quantizes the output of
-every quantized op, including the last one, so a classifier's logits are
-rounded to 256 levels before the user sees them. On the runtimes whose int8
-kernels return float anyway (OpenVINO, which fuses the dequantization into
-the FullyConnected; NNCF never places a FakeQuantize on a model output) that
-rounding buys nothing and costs accuracy: on pretrained EfficientNet-Lite0
-through OpenVINO, top-1 agreement with fp32 goes from 0.77 to 0.87 on the
-bench photographs (near-tied logits land in one bin and the argmax flips),
-and a random-init ResNet-18 gains 4.6 dB SQNR.
+every quantized op, whoever reads it: the last op's result (a classifier's
+logits reach the user on a 256-level grid) and results read only by float
+code (a transformer's residual add, LayerNorm, GELU when the backend runs them
+in float). On runtimes whose int8 kernels return float anyway (OpenVINO fuses
+the dequantization into the FullyConnected; NNCF puts FakeQuantize only on the
+inputs of int8 ops) that rounding costs accuracy and, as a standalone
+FakeQuantize, time. Measured through OpenVINO: pretrained EfficientNet-Lite0
+top-1 agreement with fp32 0.77 -> 0.87 on the bench photographs (near-tied
+logits land in one bin and the argmax flips), a random-init ResNet-18 +4.6 dB.
 
-The pass rewrites ``... -> op -> quantize(s, z) -> dequantize(s, z) -> output``
-into ``... -> op -> output``; the op's inputs and weights stay quantized.
-Only pairs whose quantize and dequantize carry the same parameters are
-removed; a dequantize whose quantize is shared with other readers keeps them
-(only the output's use is rewired). Backends opt in through
+The pass rewires each reader that is the graph output, or a node prepare
+recorded as float (``PreparedState.float_reasons``: no qconfig, no backend
+pattern), from ``dequantize(quantize(x, p), p)`` to ``x``. Readers that are
+quantized ops keep the rounded value, so a pair shared with them stays; pairs
+nobody reads any more are removed. Only pairs whose quantize and dequantize
+carry the same parameters are touched. Backends opt in through
 ``Backend.float_outputs`` (``quantfx.quantize`` applies it), or call
 :func:`keep_outputs_float` on a reference model before lowering.
 """
@@ -48,26 +50,36 @@ def _float_source(arg: Node) -> Node | None:
     return source if isinstance(source, Node) else None
 
 
-def keep_outputs_float(reference: GraphModule) -> list[str]:
-    """Rewire every graph output fed by a quantize -> dequantize pair to the float value before it, in place.
+def _float_readers(reference: GraphModule) -> set[str]:
+    """Names of the nodes prepare left in float (empty for a model without quantfx's prepare state)."""
+    state = reference.meta.get("quantfx")
+    return set(getattr(state, "float_reasons", {}) or {})
 
-    Returns the names of the float nodes that now feed the output (empty when
-    nothing was rounded there). The model must be a reference model
-    (``convert_to_reference_fx`` output); the rest of the graph is unchanged.
+
+def keep_outputs_float(reference: GraphModule) -> list[str]:
+    """Give the graph output and every float reader the unrounded value of a quantize -> dequantize pair, in place.
+
+    Returns the names of the nodes whose result is now read unrounded
+    somewhere (empty when nothing changed). The model must be a reference
+    model (``convert_to_reference_fx`` output); quantized readers, weights and
+    the rest of the graph are unchanged.
     """
     graph = reference.graph
+    float_readers = _float_readers(reference)
     kept: list[str] = []
 
-    def rewire(arg: Node) -> Node:
+    def unrounded(arg: Node) -> Node:
         source = _float_source(arg)
         if source is None:
             return arg
-        kept.append(source.name)
+        if source.name not in kept:
+            kept.append(source.name)
         return source
 
-    for node in graph.nodes:
-        if node.op == "output":
-            node.args = map_arg(node.args, rewire)
+    for node in list(graph.nodes):
+        if node.op == "output" or node.name in float_readers:
+            node.args = map_arg(node.args, unrounded)
+            node.kwargs = map_arg(node.kwargs, unrounded)
     if kept:
         graph.eliminate_dead_code()
         reference.recompile()
