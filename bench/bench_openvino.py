@@ -13,9 +13,9 @@ ResNet-18 and a BERT-like encoder (random weights, realistic shapes). For each:
 
 NNCF gets the same calibration batches (``nncf.quantize`` on the fp32 OpenVINO
 model, default ``performance`` preset; ``model_type=TRANSFORMER`` for the
-encoder); quantfx its defaults (``performance``, bias correction; the
-``transformer`` preset for the encoder, with its 2-logit classifier kept
-float, as NNCF leaves a model output unquantized). Prints a table and the quantfx / NNCF ratios; asserts nothing.
+encoder); quantfx its defaults (``performance``, bias correction, model
+outputs left float as NNCF leaves them; the ``transformer`` preset for the
+encoder). Prints a table and the quantfx / NNCF ratios; asserts nothing.
 
     pip install -e packages/core -e "packages/backend-openvino[bench]" -c constraints.txt
     python bench/bench_openvino.py            # --quick: fewer runs, smaller encoder
@@ -115,8 +115,6 @@ class Case:
     evals: torch.Tensor
     top1: bool
     transformer: bool = False
-    #: modules quantfx keeps float (NNCF never quantizes a model output; a 2-logit head rounded costs ~40 dB)
-    float_modules: tuple[str, ...] = ()
 
 
 def _efficientnet(n_calib: int, n_eval: int) -> Case:
@@ -135,8 +133,7 @@ def _bert(n_calib: int, n_eval: int, quick: bool) -> Case:
     gen = torch.Generator().manual_seed(0)
     calib = [torch.randint(0, 30522, (1, 128), generator=gen) for _ in range(n_calib)]
     evals = torch.randint(0, 30522, (n_eval, 128), generator=gen)
-    return Case(f"BERT-like encoder ({layers}x384, seq 128)", model, calib, evals, top1=False, transformer=True,
-                float_modules=("cls",))
+    return Case(f"BERT-like encoder ({layers}x384, seq 128)", model, calib, evals, top1=False, transformer=True)
 
 
 # ----------------------------------------------------------------------------- the three contenders
@@ -201,14 +198,12 @@ def run_quantfx(case: Case) -> Result:
     t = time.perf_counter()
     # NNCF gets model_type=TRANSFORMER for the encoder; quantfx its "transformer" preset
     mapping = get_openvino_qconfig_mapping("transformer" if case.transformer else "performance")
-    for name in case.float_modules:
-        mapping.set_module_name(name, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lowered = quantfx.quantize(
             case.model, backend="openvino", calibration_data=case.calib, example_inputs=(case.calib[0],),
             qconfig_mapping=mapping, progress=False, config=CPU_CONFIG,
-        )  # bias correction: the openvino backend's default
+        )  # bias correction and float model outputs: the openvino backend's defaults
     return Result("quantfx int8", lowered.compiled_model, time.perf_counter() - t)
 
 

@@ -149,3 +149,29 @@ def test_pad_is_not_requantized_so_openvino_folds_it_into_the_conv():
     assert not [op for op in runtime.get_ordered_ops() if op.get_rt_info()["layerType"].astype(str) == "Pad"]
     with torch.no_grad():
         assert sqnr(ref(*example), lowered(*example)) >= 35.0
+
+
+def test_attention_matmuls_follow_nncf_transformer_placement() -> None:
+    """Q x K^T: symmetric int8 inputs (no zero point, so OpenVINO's fused attention takes them);
+    softmax x V: float, inputs and all, in every preset (with quantize's float_outputs, the openvino default)."""
+    from quantfx.fx.float_outputs import keep_outputs_float
+    from quantfx.testing.models import MODEL_SUITE
+
+    model, example = MODEL_SUITE["transformer_block"]()
+    for preset in ("transformer", "performance"):
+        prepared = prepare_fx(model, get_openvino_qconfig_mapping(preset), example, backend="openvino")
+        state = prepared.meta["quantfx"]
+        matmuls = [n for n in prepared.graph.nodes if n.target in (torch.matmul, operator.matmul)]
+        assert len(matmuls) == 2
+        qk, pv = matmuls
+        assert qk.name in state.quantized_patterns and state.float_reasons.get(pv.name) == "qconfig is None", preset
+        with torch.no_grad():
+            for batch in calibration_data(example, n=2):
+                prepared(*batch)
+        reference = convert_to_reference_fx(prepared)
+        keep_outputs_float(reference)
+        qk_ref = next(n for n in reference.graph.nodes if n.name == qk.name)
+        zero_points = {a.args[2] for a in qk_ref.args if isinstance(a, torch.fx.Node)}
+        assert zero_points == {128}, (preset, zero_points)  # signed symmetric, written as uint8 around 128
+        pv_ref = next(n for n in reference.graph.nodes if n.name == pv.name)
+        assert not any(isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) for a in pv_ref.args), preset

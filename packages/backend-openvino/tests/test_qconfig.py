@@ -42,3 +42,31 @@ def test_mean_minmax_averages_batches() -> None:
 def test_bad_statistics_name() -> None:
     with pytest.raises(ValidationError, match="statistics must be 'mean_minmax' or 'minmax'"):
         OpenVINOActivationObserver(statistics="median")
+
+
+@pytest.mark.parametrize("statistics", ["mean_minmax", "minmax"])
+def test_presets_take_the_range_estimator(statistics: str) -> None:
+    from quantfx_openvino.qconfig import get_openvino_qconfig_mapping
+    from quantfx_openvino.quantizer import get_openvino_quantization_config
+
+    for preset in ("performance", "mixed", "transformer"):
+        mapping = get_openvino_qconfig_mapping(preset, statistics=statistics, overflow_fix=False)
+        acts = [q.activation() for q in mapping.object_type_qconfigs.values() if q is not None]
+        observers = [a for a in acts if isinstance(a, OpenVINOActivationObserver)]  # not ReuseInputObserver & co
+        assert observers and all(a.statistics == statistics for a in observers)
+    spec = get_openvino_quantization_config(statistics=statistics, overflow_fix=False).input_activation
+    assert spec.observer_or_fake_quant_ctr().statistics == statistics
+    # the two estimators really differ: an outlier batch widens minmax only
+    obs = get_openvino_qconfig_mapping(statistics=statistics, overflow_fix=False).global_qconfig.activation()
+    scale, _ = _observe(obs, torch.tensor([0.0, 1.0]), torch.tensor([0.0, 3.0]))
+    assert scale == pytest.approx((3.0 if statistics == "minmax" else 2.0) / 255)
+
+
+def test_preset_with_a_bad_range_estimator() -> None:
+    from quantfx_openvino.qconfig import get_openvino_qconfig_mapping
+    from quantfx_openvino.quantizer import get_openvino_quantizer
+
+    with pytest.raises(ValidationError, match="statistics must be 'mean_minmax'"):
+        get_openvino_qconfig_mapping(statistics="max")
+    with pytest.raises(ValidationError, match="statistics must be 'mean_minmax'"):
+        get_openvino_quantizer(statistics="max")

@@ -16,6 +16,14 @@ skipped), so the reference IR must not round it either. Without this pattern
 1 output in 5 of EfficientNet-Lite0's first residual block was one step off
 the reference, and the whole model followed the reference at 28.8 dB.
 
+Attention's second matmul (``softmax -> matmul``, the probabilities times V) is
+one pattern whose qconfig is the softmax's, which the openvino presets always
+leave float, so that matmul stays float with both of its inputs, as NNCF's
+transformer preset leaves it: OpenVINO runs attention as one fused MHA kernel
+that takes int8 only for the first matmul (Q x K^T); quantizing the second
+added a dequantize per input in front of the kernel (13 standalone nodes on a
+6-layer encoder) and rounded the probabilities.
+
 Left in float on purpose, because OpenVINO computes them in float anyway and
 a quantize / dequantize pair around them would only add rounding and
 conversions: LayerNorm (MVN), softmax, sigmoid / tanh / hardsigmoid,
@@ -53,7 +61,13 @@ from quantfx.backend_config.common import (
 from quantfx.nn import reference as nnqr
 from torch import nn
 
-__all__ = ["BACKEND_NAME", "FLOAT_SHARE_QPARAMS_OPS", "conv_add_configs", "get_openvino_backend_config"]
+__all__ = [
+    "BACKEND_NAME",
+    "FLOAT_SHARE_QPARAMS_OPS",
+    "conv_add_configs",
+    "get_openvino_backend_config",
+    "softmax_matmul_configs",
+]
 
 BACKEND_NAME = "openvino"
 
@@ -83,6 +97,25 @@ def conv_add_configs(dtype_configs: list[DTypeConfig]) -> list[BackendPatternCon
     return configs
 
 
+_SOFTMAXES = (nn.Softmax, F.softmax, torch.softmax, "softmax")
+_MATMULS = (torch.matmul, operator.matmul, torch.bmm)
+
+
+def softmax_matmul_configs(dtype_configs: list[DTypeConfig]) -> list[BackendPatternConfig]:
+    """``softmax -> matmul`` (the probabilities being the matmul's first input) as one pattern, rooted at the softmax.
+
+    The match takes the softmax's qconfig, None in every openvino preset, so the
+    matmul after a softmax stays float (see the module docstring).
+    """
+    return [
+        BackendPatternConfig((softmax, matmul))
+        .set_dtype_configs(dtype_configs)
+        .set_observation_type(ObservationType.OUTPUT_USE_DIFFERENT_OBSERVER_AS_INPUT)
+        for softmax in _SOFTMAXES
+        for matmul in _MATMULS
+    ]
+
+
 def get_openvino_backend_config() -> BackendConfig:
     """Conv / linear / matmul / add / mul / cat / pooling / layout ops in uint8 x int8, embeddings weight-only.
 
@@ -95,6 +128,7 @@ def get_openvino_backend_config() -> BackendConfig:
         BackendConfig(BACKEND_NAME)
         .set_backend_pattern_configs(conv_configs(weighted))
         .set_backend_pattern_configs(conv_add_configs(weighted))
+        .set_backend_pattern_configs(softmax_matmul_configs(op))
         .set_backend_pattern_configs(linear_configs(weighted))
         .set_backend_pattern_configs(binary_op_configs(op))
         .set_backend_pattern_config(cat_config(op))

@@ -28,7 +28,7 @@ import functools
 from typing import Any, ClassVar
 
 import torch
-
+from quantfx.errors import ValidationError
 from quantfx.fake_quantize import FakeQuantize
 from quantfx.observers import (
     MovingAveragePerChannelMinMaxObserver,
@@ -47,22 +47,36 @@ __all__ = ["OpenVINOQuantizer", "OpenVINOTransformerQuantizer", "get_openvino_qu
 
 
 def get_openvino_quantization_config(
-    preset: str = "performance", *, is_qat: bool = False, overflow_fix: bool | None = None
+    preset: str = "performance",
+    *,
+    is_qat: bool = False,
+    overflow_fix: bool | None = None,
+    statistics: str = "mean_minmax",
 ) -> QuantizationConfig:
     """``preset``'s activation and weight specs (see module docstring); ``overflow_fix=None`` detects the CPU.
 
-    Cached, so equal arguments give the identical config.
+    ``statistics``: the post-training activation range estimator, as in
+    ``quantfx_openvino.qconfig.get_openvino_qconfig``. Cached, so equal
+    arguments give the identical config.
     """
     _activation_kwargs(preset)  # ValidationError naming the presets for an unknown one
-    return _openvino_config(preset, bool(is_qat), _weight_range(overflow_fix))
+    if statistics not in ("mean_minmax", "minmax"):
+        raise ValidationError(
+            f"openvino: statistics must be 'mean_minmax' (NNCF's default) or 'minmax', got {statistics!r}"
+        )
+    return _openvino_config(preset, bool(is_qat), _weight_range(overflow_fix), statistics)
 
 
 @functools.lru_cache
-def _openvino_config(preset: str, is_qat: bool, weight_range: tuple[int, int]) -> QuantizationConfig:
+def _openvino_config(
+    preset: str, is_qat: bool, weight_range: tuple[int, int], statistics: str = "mean_minmax"
+) -> QuantizationConfig:
     act_kwargs = _activation_kwargs(preset)
     qmin, qmax = weight_range
     act_ctr: Any = (
-        FakeQuantize.with_args(observer=OpenVINOMovingAverageActivationObserver) if is_qat else OpenVINOActivationObserver
+        FakeQuantize.with_args(observer=OpenVINOMovingAverageActivationObserver) if is_qat
+        else OpenVINOActivationObserver if statistics == "mean_minmax"
+        else OpenVINOActivationObserver.with_args(statistics=statistics)
     )
     act = QuantizationSpec(
         dtype=act_kwargs["dtype"], quant_min=0, quant_max=255, qscheme=act_kwargs["qscheme"],
@@ -121,8 +135,14 @@ class OpenVINOTransformerQuantizer(OpenVINOQuantizer):
 
 
 def get_openvino_quantizer(
-    preset: str = "performance", *, is_qat: bool = False, overflow_fix: bool | None = None
+    preset: str = "performance",
+    *,
+    is_qat: bool = False,
+    overflow_fix: bool | None = None,
+    statistics: str = "mean_minmax",
 ) -> OpenVINOQuantizer:
     """The quantizer ``quantfx.get_backend("openvino").get_quantizer()`` returns: ``preset`` everywhere."""
-    config = get_openvino_quantization_config(preset, is_qat=is_qat, overflow_fix=overflow_fix)
+    config = get_openvino_quantization_config(
+        preset, is_qat=is_qat, overflow_fix=overflow_fix, statistics=statistics
+    )
     return OpenVINOTransformerQuantizer(config) if preset == "transformer" else OpenVINOQuantizer(config)
