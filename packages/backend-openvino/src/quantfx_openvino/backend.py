@@ -77,20 +77,31 @@ class OpenVINOBackend(Backend):
         return get_openvino_backend_config()
 
     def get_default_qconfig_mapping(
-        self, is_qat: bool = False, *, preset: str = "performance", overflow_fix: bool | None = None
+        self,
+        is_qat: bool = False,
+        *,
+        preset: str = "performance",
+        overflow_fix: bool | None = None,
+        statistics: str = "mean_minmax",
     ) -> QConfigMapping:
-        """NNCF-like defaults: ``preset="performance"`` (symmetric activations) or ``"mixed"`` (asymmetric)."""
+        """NNCF-like defaults: ``preset="performance"`` (symmetric activations), ``"mixed"`` (asymmetric) or
+        ``"transformer"``; ``statistics="minmax"`` keeps absolute activation extremes (see qconfig)."""
         from quantfx_openvino.qconfig import get_openvino_qconfig_mapping
 
-        return get_openvino_qconfig_mapping(preset, is_qat=is_qat, overflow_fix=overflow_fix)
+        return get_openvino_qconfig_mapping(preset, is_qat=is_qat, overflow_fix=overflow_fix, statistics=statistics)
 
     def get_quantizer(
-        self, is_qat: bool = False, *, preset: str = "performance", overflow_fix: bool | None = None
+        self,
+        is_qat: bool = False,
+        *,
+        preset: str = "performance",
+        overflow_fix: bool | None = None,
+        statistics: str = "mean_minmax",
     ) -> Any:
         """PT2E: the same preset as the default QConfigMapping, as an ``OpenVINOQuantizer``."""
         from quantfx_openvino.quantizer import get_openvino_quantizer
 
-        return get_openvino_quantizer(preset, is_qat=is_qat, overflow_fix=overflow_fix)
+        return get_openvino_quantizer(preset, is_qat=is_qat, overflow_fix=overflow_fix, statistics=statistics)
 
     def lower(
         self,
