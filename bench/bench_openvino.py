@@ -29,6 +29,7 @@ import math
 import statistics
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,6 +242,27 @@ def int8_share(compiled: Any) -> str:
     return f"{n8}/{len(layers)}"
 
 
+def runtime_signature(compiled: Any) -> list[tuple[str, str]]:
+    """The executed nodes of a compiled model in order, as (layer type, runtime precision); constants left out."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) != "Const":
+            out.append((rt["layerType"].astype(str), rt["runtimePrecision"].astype(str)))
+    return out
+
+
+def compare_runtime_graphs(a: Any, b: Any) -> str:
+    """How quantfx's executed graph compares with NNCF's: identical, or what differs."""
+    sa, sb = runtime_signature(a), runtime_signature(b)
+    if sa == sb:
+        return f"runtime graph identical to NNCF's ({len(sa)} executed nodes, same order and precisions)"
+    ca, cb = Counter(sa), Counter(sb)
+    diff = ", ".join(f"{n}x {t}/{p}" for (t, p), n in sorted((cb - ca).items()))
+    rest = ", ".join(f"{n}x {t}/{p}" for (t, p), n in sorted((ca - cb).items()))
+    return f"runtime graph: {len(sb)} executed nodes vs NNCF's {len(sa)}; quantfx has {diff or 'nothing else'} where NNCF has {rest or 'nothing'}"
+
+
 def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
     noise = torch.linalg.vector_norm((ref - out).double()).item()
     return math.inf if noise == 0 else 20 * math.log10(torch.linalg.vector_norm(ref.double()).item() / noise)
@@ -314,6 +336,7 @@ def main() -> None:
             f"b8 {qfx.latency_ms[8] / nncf_r.latency_ms[8]:.2f}x; quantfx/fp32 b1 {qfx.latency_ms[1] / fp32.latency_ms[1]:.2f}x; "
             f"SQNR quantfx - NNCF {qfx.sqnr_db - nncf_r.sqnr_db:+.1f} dB"
             + (f"; top-1 quantfx {qfx.top1:.3f} vs NNCF {nncf_r.top1:.3f}" if case.top1 else "")
+            + f"\n  {compare_runtime_graphs(nncf_r.compiled, qfx.compiled)}"
         )
         print("\n".join(rows[-3:]), flush=True)
     print("\n" + "\n".join(rows))
