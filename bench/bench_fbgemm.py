@@ -22,6 +22,7 @@ fbgemm recipe -- on both sides).
     python bench/bench_fbgemm.py --quick       # fewer repeats, skips the encoder at batch 8
     python bench/bench_fbgemm.py --models encoder --skip-load   # the encoder only (~20 s)
     python bench/bench_fbgemm.py --dynamic-linear-ops          # one dynamic Linear per route (~30 s)
+    python bench/bench_fbgemm.py --build-only --models resnet18,encoder --build-repeats 7   # build time only
 """
 
 from __future__ import annotations
@@ -204,6 +205,59 @@ def load_average() -> float:
 
 VARIANTS = ("fp32", "ao_x86", "ao_fbgemm", "qfx_x86", "qfx_fbgemm")
 BUILD_REPEATS = 3
+
+
+def bench_build(model_ids: list[str], repeats: int) -> list[dict]:
+    """prepare + calibrate + convert wall time only: ``repeats`` interleaved rounds per model (2 threads).
+
+    Each round builds all four variants in turn (so load bursts hit all alike), in a rotated order so no
+    variant always follows the same one. Returns per model the median seconds per variant and each round's
+    ratios (torch.ao / quantfx, > 1: quantfx faster).
+    """
+    rows = []
+    torch.set_num_threads(2)
+    for mid in model_ids:
+        label, factory, _, dynamic = MODELS[mid]
+        model = factory()
+        calib = calibration(mid)
+        builders = {"ao_x86": lambda: ao_int8(model, "x86", calib, dynamic),
+                    "ao_fbgemm": lambda: ao_int8(model, "fbgemm", calib, dynamic),
+                    "qfx_x86": lambda: quantfx_int8(model, "x86", calib, dynamic),
+                    "qfx_fbgemm": lambda: quantfx_int8(model, "fbgemm", calib, dynamic)}
+        for build in builders.values():  # warm-up: first-call imports and allocator growth are not build time
+            build()
+        samples: dict[str, list[float]] = {k: [] for k in builders}
+        names = list(builders)
+        for r in range(repeats):
+            for name in names[r % 4:] + names[:r % 4]:
+                t0 = time.perf_counter()
+                builders[name]()
+                samples[name].append(time.perf_counter() - t0)
+        times = {k: statistics.median(v) for k, v in samples.items()}
+        rounds = {e: [a / q for a, q in zip(samples[f"ao_{e}"], samples[f"qfx_{e}"])] for e in ("x86", "fbgemm")}
+        row = {"model": label, **times, "rounds": repeats, "load": load_average(),
+               **{f"ratio_{e}_min": min(v) for e, v in rounds.items()},
+               **{f"ratio_{e}_max": max(v) for e, v in rounds.items()}}
+        rows.append(row)
+        print(f"[{label}] build (median of {repeats}): " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
+              + f"; ao/qfx x86 {_r(times['ao_x86'], times['qfx_x86'])} ({row['ratio_x86_min']:.2f}-"
+              f"{row['ratio_x86_max']:.2f}), fbgemm {_r(times['ao_fbgemm'], times['qfx_fbgemm'])} "
+              f"({row['ratio_fbgemm_min']:.2f}-{row['ratio_fbgemm_max']:.2f})  (loadavg {row['load']:.1f})", flush=True)
+    return rows
+
+
+def print_build_table(rows: list[dict]) -> str:
+    lines = ["| model | torch.ao x86 | torch.ao fbgemm | quantfx x86 | quantfx fbgemm | ao x86 / qfx x86 (min-max of rounds) "
+             "| ao fbgemm / qfx fbgemm (min-max) | rounds | loadavg |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ao_x86']:.2f} | {r['ao_fbgemm']:.2f} | {r['qfx_x86']:.2f} | "
+                     f"{r['qfx_fbgemm']:.2f} | **{_r(r['ao_x86'], r['qfx_x86'])}** ({r['ratio_x86_min']:.2f}-"
+                     f"{r['ratio_x86_max']:.2f}) | **{_r(r['ao_fbgemm'], r['qfx_fbgemm'])}** "
+                     f"({r['ratio_fbgemm_min']:.2f}-{r['ratio_fbgemm_max']:.2f}) | {r['rounds']} | {r['load']:.1f} |")
+    text = "\n".join(lines)
+    print("\n### prepare + calibrate + convert (s, median of interleaved rounds; quantfx includes lowering)\n")
+    print(text, flush=True)
+    return text
 
 
 def bench_latency(model_ids: list[str], quick: bool) -> tuple[list[dict], list[dict]]:
@@ -402,6 +456,9 @@ def main() -> None:
     parser.add_argument("--skip-load", action="store_true", help="skip the threads-under-load experiment")
     parser.add_argument("--dynamic-linear-ops", action="store_true",
                         help="only time one dynamic int8 Linear per route (fbgemm vs oneDNN) on the encoder's shapes")
+    parser.add_argument("--build-only", action="store_true",
+                        help="only time prepare + calibrate + convert (interleaved rounds; prints, writes nothing)")
+    parser.add_argument("--build-repeats", type=int, default=5, help="rounds for --build-only (default 5)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"),
                         help="folder for fbgemm.md / fbgemm.json ('' to skip writing)")
     args = parser.parse_args()
@@ -415,6 +472,10 @@ def main() -> None:
               f"loadavg at start {load_average():.1f}")
     if args.dynamic_linear_ops:
         bench_dynamic_linear_ops()
+        return
+    if args.build_only:
+        print_build_table(bench_build(args.models.split(","), args.build_repeats))
+        print(f"loadavg at end {load_average():.1f}")
         return
     start = time.time()
     rows, convert_rows = bench_latency(args.models.split(","), args.quick)

@@ -82,6 +82,25 @@ def test_residual_add_fused_into_conv() -> None:
     assert sqnr(ref(x), low(x)) > 35.0
 
 
+def test_residual_fusion_reads_shapes_from_prepare_without_running_the_model(monkeypatch) -> None:
+    """prepare recorded every node's shape; lowering reuses them and fuses the same as with its own run."""
+    import quantfx_fbgemm.lowering as lowering
+
+    runs = []
+    real = lowering._propagate_shapes
+    monkeypatch.setattr(lowering, "_propagate_shapes", lambda gm, ex: (runs.append(1), real(gm, ex)))
+    _, example_inputs, ref = _reference("residual_block")
+    low = _lower(ref, example_inputs)
+    assert runs == []
+    for node in ref.graph.nodes:  # a reference without prepare's shapes (e.g. from elsewhere): lowering runs it
+        node.meta.pop("tensor_meta", None)
+    low_run = _lower(ref, example_inputs)
+    assert runs == [1]
+    assert low.code == low_run.code
+    assert torch.equal(low(example_inputs[0]), low_run(example_inputs[0]))
+    assert [m for m in low.modules() if isinstance(m, kernels.PackedConv) and m.residual is not None]
+
+
 def test_fuse_residual_option_off_uses_integer_add() -> None:
     _, example_inputs, ref = _reference("residual_block")
     low = _lower(ref, example_inputs, fuse_residual=False)

@@ -413,3 +413,55 @@ def test_fuse_fx_front_door_uses_this_pass():
     assert type(model.blocks[0].expand) is nn.Conv2d  # the user's model is untouched
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- pattern index (match.py)
+
+
+def test_pattern_index_offers_only_patterns_ending_at_the_node_in_config_order():
+    from quantfx.fx.match import PatternIndex, match_chain
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, x):
+            return x
+
+    odd = Unhashable()
+    patterns = [(nn.Conv2d, nn.ReLU), nn.ReLU, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU), "relu", torch.relu, odd, nn.Conv2d]
+    index = PatternIndex(patterns, lambda p: p)
+    gm = trace_for_quantization(Chain(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.ReLU()).eval())
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        got = index.candidates(node, modules)
+        assert got == [p for p in patterns if p in got]  # original order
+        assert odd in got  # cannot be looked up: always tried
+        # nothing that could match is left out
+        assert [p for p in patterns if match_chain(node, p, modules) is not None] == [
+            p for p in got if match_chain(node, p, modules) is not None]
+    relu = next(n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.ReLU))
+    assert index.candidates(relu, modules) == [(nn.Conv2d, nn.ReLU), nn.ReLU, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU), odd]
+
+
+@pytest.mark.parametrize("name", ["residual_block", "transformer_block", "activation_heads", "functional_ops"])
+def test_indexed_matching_finds_what_trying_every_pattern_finds(name, monkeypatch):
+    from quantfx.fx import prepare as prepare_mod
+    from quantfx.testing.models import MODEL_SUITE
+
+    model, _ = MODEL_SUITE[name]()
+    config = get_reference_backend_config()
+    gm = fuse(trace_for_quantization(model.eval()), is_qat=False, backend_config=config)
+    indexed = prepare_mod._find_matches(gm, config)
+
+    class TryAll:
+        def __init__(self, items, pattern_of):
+            self.items = list(items)
+
+        def candidates(self, node, modules):
+            return self.items
+
+    monkeypatch.setattr(prepare_mod, "PatternIndex", TryAll)
+    brute = prepare_mod._find_matches(gm, config)
+    assert {n.name: ([m.name for m in match.nodes], match.config.pattern) for n, match in indexed.items()} == {
+        n.name: ([m.name for m in match.nodes], match.config.pattern) for n, match in brute.items()}
+    assert indexed

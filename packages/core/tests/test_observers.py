@@ -223,6 +223,35 @@ def test_histogram_parity(kind, kwargs):
     assert abs(int(z) - int(rz)) <= 1
 
 
+def test_histogram_qparams_are_reused_only_while_nothing_they_depend_on_changed(monkeypatch):
+    obs = qobs.HistogramObserver(dtype=torch.uint8)
+    obs(torch.randn(4096) * 2)
+    searches = []
+    real = qobs.HistogramObserver._non_linear_param_search
+    monkeypatch.setattr(qobs.HistogramObserver, "_non_linear_param_search",
+                        lambda self: (searches.append(1), real(self))[1])
+
+    def fresh(o):  # the oracle: a new observer with the same state and settings
+        clone = copy.deepcopy(o)
+        return qobs.HistogramObserver.calculate_qparams(clone)
+
+    first = obs.calculate_qparams()
+    again = obs.calculate_qparams()
+    assert len(searches) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    again[0].mul_(2)  # callers get copies: mutating one does not poison the cache
+    assert torch.equal(obs.calculate_qparams()[0], first[0])
+
+    obs(torch.randn(4096) * 5)  # more data: new histogram, new range
+    wider = obs.calculate_qparams()
+    assert not torch.equal(wider[0], first[0])
+    obs.quant_max = 127  # a setting
+    narrower = obs.calculate_qparams()
+    assert torch.equal(narrower[0], fresh(obs)[0]) and not torch.equal(narrower[0], wider[0])
+    obs.load_state_dict({k: v * 0.5 if k != "histogram" else v for k, v in obs.state_dict().items()})
+    assert torch.equal(obs.calculate_qparams()[0], fresh(obs)[0]) and not torch.equal(obs.calculate_qparams()[0],
+                                                                                       narrower[0])
+
+
 # ----------------------------------------------------------------------------- calibration errors
 
 STAT_OBSERVERS = [

@@ -273,6 +273,70 @@ def test_example_inputs_that_do_not_run_the_model():
         prepare_fx(ConvBnReLU().eval(), _mapping(), (torch.randn(1, 5, 8, 8),), backend="reference")
 
 
+class _CountingLeaf(nn.Module):
+    """A non-traceable leaf: its forward really runs whenever the prepared graph (or the model) runs."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return x * 2
+
+
+class _WithLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.leaf = _CountingLeaf()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.leaf(self.conv(x))
+
+
+def test_prepare_runs_the_model_once_on_the_example_inputs():
+    config = PrepareCustomConfig().set_non_traceable_module_classes([_CountingLeaf])
+    _CountingLeaf.calls = 0
+    prepare_fx(_WithLeaf().eval(), _mapping(), (torch.randn(1, 3, 8, 8),), config, backend="reference")
+    assert _CountingLeaf.calls == 1  # shape propagation doubles as the example-inputs check
+
+
+def test_example_inputs_error_shows_what_the_model_was_called_with():
+    with pytest.raises(ExampleInputsError, match=r"example_inputs passed: \(Tensor\(shape=\[1, 5, 8, 8\]") as info:
+        prepare_fx(ConvBnReLU().eval(), _mapping(), (torch.randn(1, 5, 8, 8),), backend="reference")
+    assert "ConvBnReLU.forward(" in str(info.value)
+
+
+def test_weight_qparams_are_shared_only_for_the_same_unchanged_weight():
+    from quantfx.fx.convert import weight_qparams_for
+
+    conv = nn.Conv2d(3, 4, 3)
+    qconfig = _mapping().global_qconfig
+    first = weight_qparams_for(conv, qconfig, "conv")
+    assert weight_qparams_for(conv, qconfig, "conv") is first  # bias correction and convert ask for the same
+    with torch.no_grad():
+        conv.weight.mul_(3)  # changed in place: computed again
+    tripled = weight_qparams_for(conv, qconfig, "conv")
+    assert tripled is not first
+    torch.testing.assert_close(tripled.scale, first.scale * 3)
+    other = quantfx.QConfig(activation=qconfig.activation,
+                            weight=quantfx.MinMaxObserver.with_args(dtype=torch.int8, qscheme=torch.per_tensor_symmetric))
+    assert weight_qparams_for(conv, other, "conv").scale.numel() == 1  # another weight observer: its own qparams
+
+
+def test_quantize_converts_its_own_prepared_model_to_the_same_reference():
+    model, example = MODEL_SUITE["residual_block"]()
+    data = list(calibration_data(example, n=3))
+    prepared = prepare_fx(model, _mapping(), example, backend="reference")
+    with torch.no_grad():
+        for x in data:
+            prepared(*x)
+    expected = convert_to_reference_fx(prepared)
+    int8 = quantfx.quantize(model, backend="reference", calibration_data=data, example_inputs=example,
+                            qconfig_mapping=_mapping(), progress=False, bias_correction=False)
+    assert int8.code == expected.code
+    torch.testing.assert_close(int8(*example), expected(*example), rtol=0, atol=0)
+
+
 def test_convert_of_a_float_model_is_a_clear_error():
     with pytest.raises(quantfx.QuantfxError, match="prepare_fx"):
         convert_to_reference_fx(torch.fx.symbolic_trace(ConvBnReLU()))

@@ -167,11 +167,21 @@ def _erase_dead(graph: torch.fx.Graph, nodes: Sequence[Node]) -> None:
 
 
 def _meta_shape(node: Node) -> tuple[int, ...] | None:
-    if "quantfx_shape" in node.meta:
-        return node.meta["quantfx_shape"]
-    tm = node.meta.get("tensor_meta")
-    shape = getattr(tm, "shape", None)
-    return tuple(shape) if shape is not None else None
+    """The node's output shape: from the lowering's own shape run, or the ``tensor_meta`` prepare recorded.
+
+    quantize / dequantize nodes (new in the reference graph, so without meta)
+    have their input's shape.
+    """
+    for _ in range(3):  # dequantize <- quantize <- producer
+        if "quantfx_shape" in node.meta:
+            return node.meta["quantfx_shape"]
+        shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+        if shape is not None:
+            return tuple(shape)
+        if not ((_is_dq(node) or _is_q(node)) and node.args and isinstance(node.args[0], Node)):
+            return None
+        node = node.args[0]
+    return None
 
 
 class _Lowering:
@@ -886,11 +896,9 @@ def _merged_name(targets: list[str]) -> str:
     return "_".join(parts[0][:n] + ["_".join("_".join(p[n:]) for p in parts)])[:100]
 
 
-def _has_static_add(gm: GraphModule) -> bool:
-    """Whether some add reads two dequantized tensors (a candidate for residual fusion)."""
-    return any(
-        n.target in _ADD_TARGETS and len(n.args) == 2 and all(_is_dq(a) for a in n.args) for n in gm.graph.nodes
-    )
+def _static_adds(gm: GraphModule) -> list[Node]:
+    """Adds that read two dequantized tensors (candidates for residual fusion)."""
+    return [n for n in gm.graph.nodes if n.target in _ADD_TARGETS and len(n.args) == 2 and all(_is_dq(a) for a in n.args)]
 
 
 class _ShapeRecorder(torch.fx.Interpreter):
@@ -961,8 +969,10 @@ def lower_to_onednn(
         out = rule(gm)
         if out is not None:
             gm = out
-    if example_inputs and fuse_residual and _has_static_add(gm):
-        _propagate_shapes(gm, example_inputs)  # shapes only decide residual-add fusion
+    adds = _static_adds(gm) if fuse_residual else []
+    if example_inputs and any(_meta_shape(a) is None for add in adds for a in add.args):
+        # shapes only decide residual-add fusion; prepare's shape propagation usually recorded them already
+        _propagate_shapes(gm, example_inputs)
     report = LoweringReport()
     lw = _Lowering(gm, report)
     lw.dynamic_linear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -279,7 +279,8 @@ def quantize(
     be = pm.get_backend(name)
     _require_available(be, lower_options)
 
-    from quantfx.quantize_fx import convert_to_reference_fx, prepare_fx
+    from quantfx.fx.convert import convert_to_reference
+    from quantfx.quantize_fx import _carry_preserved_attrs, prepare_fx
 
     example_inputs = _as_example_inputs(example_inputs)
     if qconfig_mapping is None:
@@ -293,14 +294,26 @@ def quantize(
     prepared = prepare_fx(model, qconfig_mapping, example_inputs, backend_config=backend_config, backend=name)
     if bias_correction is None:
         bias_correction = bool(getattr(be, "bias_correction", False))
-    if bias_correction and iter(calibration_data) is calibration_data:  # a one-shot iterator: keep the batches
-        calibration_data = list(calibration_data)
-    calibrate(prepared, calibration_data, progress=progress)
+    recorder = None
     if bias_correction:
-        from quantfx.fx.bias_correction import apply_bias_correction
+        from quantfx.fx.bias_correction import BiasCorrectionRecorder
 
-        prepared = apply_bias_correction(prepared, calibration_data, progress=progress)
-    reference = convert_to_reference_fx(prepared, backend_config=backend_config)
+        # keeps the corrected layers' inputs while calibrating, so correction needs no second pass
+        recorder = BiasCorrectionRecorder(prepared)
+        # a one-shot iterator (not iter() on it: that would start a DataLoader's workers): keep the batches,
+        # in case the recorder has to run them again
+        if recorder.eligible and isinstance(calibration_data, Iterator):
+            calibration_data = list(calibration_data)
+    try:
+        calibrate(prepared, calibration_data, progress=progress)
+    finally:
+        if recorder is not None:
+            recorder.remove_hooks()
+    if recorder is not None:
+        prepared = recorder.apply(calibration_data, progress=progress)  # in place: prepared is ours
+    # prepared is ours: convert it in place rather than a copy (convert_to_reference_fx copies)
+    reference = convert_to_reference(prepared, backend_config=backend_config, copy_model=False)
+    _carry_preserved_attrs(prepared, reference)
     if float_outputs is None:
         float_outputs = bool(getattr(be, "float_outputs", False))
     if float_outputs:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from functools import partial
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from quantfx.dtypes import normalize_dtype
 from quantfx.errors import CalibrationError, UncalibratedObserverError, ValidationError
@@ -1037,11 +1039,39 @@ class HistogramObserver(UniformQuantizationObserverBase):
         return x_orig
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """(scale, zero_point), each of shape [1], from the L2-optimal clipping range."""
+        """(scale, zero_point), each of shape [1], from the L2-optimal clipping range.
+
+        The search costs milliseconds and bias correction and convert both ask for it, so the result is kept
+        until the histogram, its range or a setting changes.
+        """
         if not self.is_calibrated:
             raise _uncalibrated_error(self)
+        key = self._qparams_key()
+        cached = _HISTOGRAM_QPARAMS.get(self)
+        if key is not None and cached is not None and _same_key(cached[0], key):
+            return cached[1].clone(), cached[2].clone()
         new_min, new_max = self._non_linear_param_search()
-        return self._calculate_qparams(new_min, new_max)
+        scale, zero_point = self._calculate_qparams(new_min, new_max)
+        if key is not None:
+            _HISTOGRAM_QPARAMS[self] = (key, scale.clone(), zero_point.clone())
+        return scale, zero_point
+
+    def _qparams_key(self) -> tuple | None:
+        """What calculate_qparams depends on: the buffers (identity and in-place version) and the settings."""
+        try:
+            tensors = tuple(
+                (weakref.ref(t), t._version)
+                for t in (self.histogram, self.min_val, self.max_val, getattr(self, "eps", None))
+                if isinstance(t, Tensor)
+            )
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            return None
+        settings = tuple(
+            getattr(self, name, None)
+            for name in ("bins", "dst_nbins", "upsample_rate", "dtype", "qscheme", "quant_min", "quant_max",
+                         "reduce_range", "has_customized_qrange", "is_dynamic")
+        )
+        return tensors + settings
 
     @property
     def is_calibrated(self) -> bool:
@@ -1211,6 +1241,24 @@ class ReuseInputObserver(ObserverBase):
 
 
 # --------------------------------------------------------------------------- helpers for the passes
+
+
+# HistogramObserver -> (calculate_qparams key, scale, zero_point); outside the module so that neither
+# deepcopy nor pickling carries it to another observer
+_HISTOGRAM_QPARAMS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Equal calculate_qparams keys: the same buffer objects at the same in-place versions, equal settings."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, tuple) and x and isinstance(x[0], weakref.ref):
+            if not (isinstance(y, tuple) and y and x[0]() is not None and x[0]() is y[0]() and x[1] == y[1]):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def is_observer_or_fake_quant(module: object) -> bool:

@@ -18,7 +18,7 @@ import torch
 from torch.fx import GraphModule
 
 from .backend_config import BackendConfig
-from .errors import QuantfxError
+from .errors import ExampleInputsError, QuantfxError
 from .fx.convert import convert_to_reference
 from .fx.custom_config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig
 from .fx.fuse import fuse
@@ -105,9 +105,13 @@ def fuse_fx(
     _check_module(model, "fuse_fx")
     fuse_custom_config = FuseCustomConfig.coerce(fuse_custom_config)
     _, backend_config = _resolve_backend(backend, backend_config)
-    model = copy.deepcopy(model)
-    gm = trace_for_quantization(model, PrepareCustomConfig.coerce({"preserved_attributes": list(fuse_custom_config.preserved_attributes)}))
-    fused = fuse(gm, is_qat=model.training, fuse_custom_config=fuse_custom_config, backend_config=backend_config)
+    model = copy.deepcopy(model)  # one copy: tracing and fusing work on it in place
+    gm = trace_for_quantization(
+        model, PrepareCustomConfig.coerce({"preserved_attributes": list(fuse_custom_config.preserved_attributes)}),
+        copy_model=False,
+    )
+    fused = fuse(gm, is_qat=model.training, fuse_custom_config=fuse_custom_config, backend_config=backend_config,
+                 copy_model=False)
     _attach_preserved_attrs(fused, model, list(fuse_custom_config.preserved_attributes))
     return fused
 
@@ -149,16 +153,21 @@ def _prepare(
     backend, backend_config = _resolve_backend(backend, backend_config)
     qconfig_mapping = _resolve_mapping(qconfig_mapping, backend, is_qat)
 
-    model = copy.deepcopy(model)  # the user's float model is never touched
-    check_example_inputs(model, example_inputs)
+    user_model, model = model, copy.deepcopy(model)  # the user's float model is never touched
     gm = trace_for_quantization(model, prepare_custom_config, copy_model=False)  # already a copy
     scope = dict(gm.meta.get("quantfx_node_name_to_scope", {}))
-    gm = fuse(gm, is_qat=is_qat, fuse_custom_config=None, backend_config=backend_config)
+    gm = fuse(gm, is_qat=is_qat, fuse_custom_config=None, backend_config=backend_config, copy_model=False)
     scope.update(gm.meta.get("quantfx_node_name_to_scope", {}))
-    gm = prepare(
-        gm, qconfig_mapping, is_qat, scope, example_inputs, prepare_custom_config, backend_config, backend,
-        model_name=type(model).__name__,
-    )
+    try:
+        # prepare runs the model once on example_inputs (shape propagation); that run is also the input check
+        gm = prepare(
+            gm, qconfig_mapping, is_qat, scope, example_inputs, prepare_custom_config, backend_config, backend,
+            model_name=type(model).__name__,
+        )
+    except ExampleInputsError:
+        # the traced model rejected the inputs: when the model itself does, say so in its own terms
+        check_example_inputs(copy.deepcopy(user_model), example_inputs)
+        raise
     state = get_state(gm)
     state.example_inputs = example_inputs
     state.standalone_modules = _prepare_standalone_modules(gm, prepare_custom_config, backend, is_qat)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..dtypes import normalize_dtype
 from ..errors import QuantfxError, UncalibratedObserverError
@@ -62,6 +63,25 @@ def _weight_qparams(observer: Any, node_name: str):
     return WeightQParams.from_observer(observer)
 
 
+# weight Parameter -> (its _version, the qconfig.weight factory, WeightQParams): bias correction and convert
+# both need a layer's weight qparams; computing them is an observer pass over the weight
+_WEIGHT_QPARAMS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def weight_qparams_for(weighted: torch.nn.Module, qconfig: Any, target: str) -> Any:
+    """The WeightQParams ``qconfig.weight`` gives ``weighted.weight``; computed once per weight and version."""
+    weight = weighted.weight
+    hit = _WEIGHT_QPARAMS.get(weight)
+    if hit is not None and hit[0] == weight._version and hit[1] is qconfig.weight:
+        return hit[2]
+    observer = qconfig.weight()
+    observer.node_name = f"{target}.weight"
+    observer(weight.detach())
+    qparams = _weight_qparams(observer, target)
+    _WEIGHT_QPARAMS[weight] = (weight._version, qconfig.weight, qparams)
+    return qparams
+
+
 def _convert_weighted_module(
     gm: GraphModule, target: str, qconfig: Any, ref_map: dict[type, type]
 ) -> list[str] | None:
@@ -84,10 +104,9 @@ def _convert_weighted_module(
         _set_submodule(gm, target, module)
         return None
     if weight_observer is None:
-        weight_observer = qconfig.weight()
-        weight_observer.node_name = f"{target}.weight"
-        weight_observer(weighted.weight.detach())
-    qparams = _weight_qparams(weight_observer, target)
+        qparams = weight_qparams_for(weighted, qconfig, target)
+    else:
+        qparams = _weight_qparams(weight_observer, target)
     _set_submodule(gm, target, ref_cls.from_float(weighted, qparams))
     tail_names = []
     for sub in tail:
@@ -251,15 +270,21 @@ def convert_to_reference(
     convert_custom_config: Any = None,
     qconfig_mapping: Any = None,
     backend_config: Any = None,
+    *,
+    copy_model: bool = True,
 ) -> GraphModule:
-    """Return the reference quantized model for a prepared (and calibrated / trained) model."""
+    """Return the reference quantized model for a prepared (and calibrated / trained) model.
+
+    ``copy_model=False`` converts ``model`` itself instead of a deep copy: for
+    callers that own the prepared model (``quantfx.quantize``), saving the copy.
+    """
     state = get_state(model)
     if not isinstance(model, GraphModule) or state is None:
         raise QuantfxError(
             f"convert expects the GraphModule returned by prepare_fx / prepare_qat_fx; got {type(model).__name__}. "
             "Call prepare_fx(model, qconfig_mapping, example_inputs) first and calibrate it."
         )
-    gm = copy.deepcopy(model)
+    gm = copy.deepcopy(model) if copy_model else model
     state = copy.copy(get_state(gm))
     state.weighted_module_qconfigs = dict(state.weighted_module_qconfigs)
     if backend_config is None:

@@ -33,7 +33,7 @@ from torch.fx import GraphModule, Node
 from quantfx.backend_config import BackendConfig
 from quantfx.errors import ValidationError
 from quantfx.fuser_method_mappings import FusionSkipped
-from quantfx.fx.match import match_chain, pattern_to_str
+from quantfx.fx.match import PatternIndex, match_chain, pattern_to_str
 
 __all__ = ["fuse", "FUSED_KEY", "FUSION_SKIPPED_KEY", "module_for_functional_node"]
 
@@ -113,8 +113,13 @@ def fuse(
     is_qat: bool,
     fuse_custom_config: Any = None,
     backend_config: BackendConfig | dict | None = None,
+    *,
+    copy_model: bool = True,
 ) -> GraphModule:
     """Return a fused copy of the traced ``model`` (the input is not modified).
+
+    ``copy_model=False`` fuses ``model`` itself, for callers that own it (prepare_fx traces its own copy of the
+    user's model; copying it again would only cost time).
 
     ``is_qat=False`` folds BatchNorm into the preceding conv / linear (the model
     must be in eval mode); ``is_qat=True`` keeps BN inside ``ConvBn*`` modules.
@@ -129,7 +134,7 @@ def fuse(
         )
     backend_config = _coerce_backend_config(backend_config)
     preserved_names = _preserved_attribute_names(fuse_custom_config)
-    gm = copy.deepcopy(model)
+    gm = copy.deepcopy(model) if copy_model else model
     for name in preserved_names:
         if hasattr(model, name):
             setattr(gm, name, getattr(model, name))
@@ -165,10 +170,11 @@ def fuse(
                 )
         return None
 
+    index = PatternIndex(configs, lambda c: c.pattern)
     for node in reversed(list(gm.graph.nodes)):
         if node in claimed or node.op not in ("call_module", "call_function", "call_method"):
             continue
-        for config in configs:
+        for config in index.candidates(node, modules):
             pattern = config.pattern
             matched = match_chain(node, pattern, modules)
             if matched is None or any(n in claimed for n in matched):

@@ -11,12 +11,15 @@ positional input of the next and has no other user. An op is
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections import defaultdict
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 import torch
 from torch.fx import Node
 
-__all__ = ["Pattern", "normalize_pattern", "node_matches_op", "match_chain", "pattern_to_str"]
+__all__ = ["Pattern", "PatternIndex", "normalize_pattern", "node_matches_op", "match_chain", "pattern_to_str"]
+
+T = TypeVar("T")
 
 Pattern = Any  # an op, or a tuple of ops in execution order
 
@@ -51,6 +54,57 @@ def match_chain(last: Node, pattern: Pattern, modules: Mapping[str, torch.nn.Mod
         current = prev
     matched.reverse()
     return matched
+
+
+def _op_key(op: Any) -> tuple[str, Any] | None:
+    """What a node must be for ``node_matches_op(node, op)``: (node.op, module type / method name / target)."""
+    if isinstance(op, type) and issubclass(op, torch.nn.Module):
+        key: tuple[str, Any] = ("call_module", op)
+    elif isinstance(op, str):
+        key = ("call_method", op)
+    else:
+        key = ("call_function", op)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _node_key(node: Node, modules: Mapping[str, torch.nn.Module]) -> tuple[str, Any] | None:
+    if node.op == "call_module":
+        return ("call_module", type(modules.get(node.target)))
+    key = (node.op, node.target)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class PatternIndex(Generic[T]):
+    """Items (pattern configs) grouped by the op their pattern ends with.
+
+    ``match_chain`` starts from the last op, so a node can only match the
+    patterns ending with its own op: looking those up instead of trying every
+    pattern on every node makes matching linear in the graph size. Candidates
+    come back in the order the items were given (first match wins stays true).
+    """
+
+    def __init__(self, items: Sequence[T], pattern_of: Callable[[T], Pattern]) -> None:
+        self._by_key: dict[tuple[str, Any], list[tuple[int, T]]] = defaultdict(list)
+        self._always: list[tuple[int, T]] = []  # ops that cannot be dict keys: tried on every node
+        for i, item in enumerate(items):
+            key = _op_key(normalize_pattern(pattern_of(item))[-1])
+            (self._always if key is None else self._by_key[key]).append((i, item))
+
+    def candidates(self, node: Node, modules: Mapping[str, torch.nn.Module]) -> list[T]:
+        """The items whose pattern may end at ``node``, in their original order."""
+        key = _node_key(node, modules)
+        found = self._by_key.get(key, []) if key is not None else []
+        if self._always:
+            found = sorted(found + self._always, key=lambda pair: pair[0])
+        return [item for _, item in found]
 
 
 def _op_name(op: Any) -> str:

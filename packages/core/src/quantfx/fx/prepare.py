@@ -28,7 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..backend_config import BackendConfig, BackendPatternConfig, ObservationType
 from ..errors import ExampleInputsError, UnsupportedQConfigWarning
 from ..observers import is_observer_or_fake_quant
-from .match import match_chain, normalize_pattern, pattern_to_str
+from .match import PatternIndex, match_chain, normalize_pattern, pattern_to_str
 from .qconfig_utils import apply_constraints, dtype_config_mismatch, instantiate, is_fused_module, resolve_node_qconfigs
 from .state import PreparedState, set_state
 
@@ -138,11 +138,12 @@ def _find_matches(gm: GraphModule, backend_config: BackendConfig) -> dict[Node, 
         (c for c in backend_config.configs if c.pattern is not None),
         key=lambda c: -len(normalize_pattern(c.pattern)),
     )
+    index = PatternIndex(configs, lambda c: c.pattern)
     node_to_match: dict[Node, Match] = {}
     for node in reversed(list(gm.graph.nodes)):
         if node in node_to_match or node.op not in ("call_module", "call_function", "call_method"):
             continue
-        for config in configs:
+        for config in index.candidates(node, modules):
             nodes = match_chain(node, config.pattern, modules)
             if nodes is None or any(n in node_to_match for n in nodes):
                 continue
