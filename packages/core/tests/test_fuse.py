@@ -465,3 +465,28 @@ def test_indexed_matching_finds_what_trying_every_pattern_finds(name, monkeypatc
     assert {n.name: ([m.name for m in match.nodes], match.config.pattern) for n, match in indexed.items()} == {
         n.name: ([m.name for m in match.nodes], match.config.pattern) for n, match in brute.items()}
     assert indexed
+
+
+class _AddOrders(torch.nn.Module):
+    """conv(y) + x, x + conv(y), and x - conv(y) (not commutative) side by side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = (torch.nn.Conv2d(3, 3, 1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.c1(x) + x, x + self.c2(x), x - self.c3(x)
+
+
+def test_match_chain_goes_through_either_operand_of_an_add_only() -> None:
+    import operator
+
+    from quantfx.fx.match import match_chain
+
+    gm = torch.fx.symbolic_trace(_AddOrders())
+    modules = dict(gm.named_modules())
+    by_name = {n.name: n for n in gm.graph.nodes}
+    pattern = (torch.nn.Conv2d, operator.add)
+    first, second = match_chain(by_name["add"], pattern, modules), match_chain(by_name["add_1"], pattern, modules)
+    assert [n.name for n in first] == ["c1", "add"] and [n.name for n in second] == ["c2", "add_1"]
+    assert match_chain(by_name["sub"], (torch.nn.Conv2d, operator.sub), modules) is None

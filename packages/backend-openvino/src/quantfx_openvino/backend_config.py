@@ -82,7 +82,7 @@ _RELUS = (nn.ReLU, F.relu, torch.relu)
 
 
 def conv_add_configs(dtype_configs: list[DTypeConfig]) -> list[BackendPatternConfig]:
-    """``conv -> add`` and ``conv -> add -> relu`` (the conv output being the add's first input) as one pattern."""
+    """``conv -> add`` and ``conv -> add -> relu`` (the conv output either operand of the add) as one pattern."""
     configs = []
     for conv, reference in _CONVS:
         patterns = [(conv, add) for add in _ADDS] + [(conv, add, relu) for add in _ADDS for relu in _RELUS]

@@ -11,6 +11,7 @@ positional input of the next and has no other user. An op is
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
@@ -37,23 +38,41 @@ def node_matches_op(node: Node, op: Any, modules: Mapping[str, torch.nn.Module])
     return node.op == "call_function" and node.target is op
 
 
+#: binary ops whose operands may be swapped: a chain may continue through either operand
+_COMMUTATIVE = frozenset({operator.add, torch.add})
+
+
+def _chain_inputs(node: Node) -> list[Node]:
+    """The inputs of ``node`` a pattern chain may come through: the first, or either operand of ``x + y``."""
+    args = [a for a in node.args[:2] if isinstance(a, Node)]
+    if node.op == "call_function" and node.target in _COMMUTATIVE and len(node.args) == 2 and not node.kwargs:
+        return args  # x + conv(y) is conv(y) + x
+    return args[:1] if node.args and isinstance(node.args[0], Node) else []
+
+
 def match_chain(last: Node, pattern: Pattern, modules: Mapping[str, torch.nn.Module]) -> list[Node] | None:
-    """Match ``pattern`` ending at ``last``; return the nodes in execution order, or None."""
+    """Match ``pattern`` ending at ``last``; return the nodes in execution order, or None.
+
+    Each op's output is the *first* input of the next, except into ``x + y``
+    (``operator.add`` / ``torch.add`` without ``alpha``), which is commutative:
+    there the chain may come through either operand, the first tried first.
+    """
     ops = normalize_pattern(pattern)
     if not node_matches_op(last, ops[-1], modules):
         return None
-    matched = [last]
-    current = last
-    for op in reversed(ops[:-1]):
-        if not current.args or not isinstance(current.args[0], Node):
-            return None
-        prev = current.args[0]
-        if len(prev.users) != 1 or not node_matches_op(prev, op, modules):
-            return None
-        matched.append(prev)
-        current = prev
-    matched.reverse()
-    return matched
+    return _match_upwards(last, ops[:-1], modules)
+
+
+def _match_upwards(current: Node, ops: tuple, modules: Mapping[str, torch.nn.Module]) -> list[Node] | None:
+    if not ops:
+        return [current]
+    for prev in _chain_inputs(current):
+        if len(prev.users) != 1 or not node_matches_op(prev, ops[-1], modules):
+            continue
+        upstream = _match_upwards(prev, ops[:-1], modules)
+        if upstream is not None:
+            return [*upstream, current]
+    return None
 
 
 def _op_key(op: Any) -> tuple[str, Any] | None:
