@@ -50,6 +50,7 @@ CPU_CONFIG = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32
 
 from quantfx.testing.images import efficientnet_lite0, random_crops, skimage_photos
 from quantfx.testing.models import ResNet18
+from quantfx_openvino.runtime import runtime_layers
 
 
 class EncoderLayer(nn.Module):
@@ -232,24 +233,14 @@ def latency_ms(compiled: Any, x: torch.Tensor, runs: int) -> float:
 
 
 def int8_share(compiled: Any) -> str:
-    weighted = ("Convolution", "FullyConnected", "MatMul")
-    layers = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        if rt["layerType"].astype(str) in weighted:
-            layers.append(rt["runtimePrecision"].astype(str))
-    n8 = sum(1 for p in layers if p in ("u8", "i8"))
-    return f"{n8}/{len(layers)}"
+    weighted = [r for r in runtime_layers(compiled) if r["type"] in ("Convolution", "FullyConnected", "MatMul")]
+    n8 = sum(1 for r in weighted if r["runtime_precision"] in ("u8", "i8"))
+    return f"{n8}/{len(weighted)}"
 
 
 def runtime_signature(compiled: Any) -> list[tuple[str, str]]:
     """The executed nodes of a compiled model in order, as (layer type, runtime precision); constants left out."""
-    out = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        if rt["layerType"].astype(str) != "Const":
-            out.append((rt["layerType"].astype(str), rt["runtimePrecision"].astype(str)))
-    return out
+    return [(r["type"], r["runtime_precision"]) for r in runtime_layers(compiled) if r["type"] != "Const"]
 
 
 def compare_runtime_graphs(a: Any, b: Any) -> str:

@@ -302,14 +302,7 @@ class DynamicLinear(nn.Module):
                 return lin.forward_dynamic_fbgemm(x, self.reduce_range)
             qmin, qmax = kernels.activation_quant_range(self.reduce_range)
             x = dynamic_quantize(x, qmin, qmax, _F32_EPS)
-        xq, scale, zero_point = x
-        lin = self.linear
-        if lin._packed is None:
-            lin._packed = lin._pack(xq.shape)
-        return torch.ops.onednn.qlinear_pointwise.default(
-            xq, scale, zero_point, lin._packed, lin.weight_scale, lin.weight_zero_point, lin.bias,
-            1.0, 0, lin.output_dtype, lin.post_op.name, list(lin.post_op.args), lin.post_op.algorithm,
-        )  # fmt: skip
+        return self.linear.forward_prequantized(*x)
 
     def extra_repr(self) -> str:
         return f"reduce_range={self.reduce_range}"

@@ -931,11 +931,14 @@ class PackedLinear(_PackedBase):
         hi = max(float(x.max()), 0.0)
         scale = max((hi - lo) / (qmax - qmin), 1e-8)
         zp = int(min(max(qmin - round(lo / scale), qmin), qmax))
-        xq = quantize(x, scale, zp, torch.uint8, qmin, qmax)
+        return self.forward_prequantized(quantize(x, scale, zp, torch.uint8, qmin, qmax), scale, zp)
+
+    def forward_prequantized(self, xq: Tensor, scale: float, zero_point: int) -> Tensor:
+        """The dynamic route's GEMM on an input already quantized with its own ``(scale, zero_point)``; float out."""
         if self._packed is None:
-            self._packed = self._pack(x.shape)
+            self._packed = self._pack(xq.shape)
         return torch.ops.onednn.qlinear_pointwise.default(
-            xq, scale, zp, self._packed, self.weight_scale, self.weight_zero_point, self.bias,
+            xq, scale, zero_point, self._packed, self.weight_scale, self.weight_zero_point, self.bias,
             1.0, 0, self.output_dtype, self.post_op.name, list(self.post_op.args), self.post_op.algorithm,
         )  # fmt: skip
 
